@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Installs (once, cached) and starts the brokers the tests and benchmarks use, on 127.0.0.1:
+#   RabbitMQ (Debian's rabbitmq-server) on 5672, tansu 0.6.0 (Kafka protocol) on 9092.
+# Usage: scripts/brokers.sh start|stop|status.  Idempotent: a running broker is left alone.
+set -euo pipefail
+
+CACHE="${C360_CACHE:-$HOME/.cache/c360-bridge}"
+TANSU_VERSION=0.6.0
+KAFKA_PORT="${C360_KAFKA_PORT:-9092}"
+STATE="${C360_STATE:-/tmp/c360-bridge-brokers}"
+CATALOG_CLASSES="assetitem_created assetitem_split assetitem_updated purchaseorder_created purchaseorder_updated reportjob_updated shipment_created shipment_updated task_completed task_created task_updated"
+
+log() { printf '[brokers] %s\n' "$*" >&2; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() { # port seconds
+  for _ in $(seq 1 $(( $2 * 10 ))); do port_open "$1" && return 0; sleep 0.1; done
+  return 1
+}
+
+tansu_bin() {
+  if [ -x "$CACHE/bin/tansu" ]; then echo "$CACHE/bin/tansu"; return; fi
+  if command -v tansu >/dev/null && tansu --version 2>/dev/null | grep -q "$TANSU_VERSION"; then command -v tansu; return; fi
+  log "building tansu $TANSU_VERSION from crates.io into $CACHE (about 12 minutes on 2 cores, once)"
+  cargo install --locked --quiet tansu --version "$TANSU_VERSION" --features dynostore,libsql --root "$CACHE" >&2
+  echo "$CACHE/bin/tansu"
+}
+
+start_rabbitmq() {
+  if ! command -v rabbitmq-server >/dev/null; then
+    log "installing rabbitmq-server (Debian)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >&2 && apt-get install -y -qq rabbitmq-server >&2
+  fi
+  if ! port_open 5672; then
+    log "starting RabbitMQ"
+    rabbitmq-server -detached >&2 2>&1 || true
+  fi
+  timeout 120 rabbitmqctl -q await_startup >&2
+  wait_port 5672 60 || { log "RabbitMQ did not open 5672"; exit 1; }
+  log "RabbitMQ ready on 127.0.0.1:5672"
+}
+
+start_tansu() {
+  local bin; bin=$(tansu_bin)
+  mkdir -p "$STATE"
+  ln -sf "$bin" "$STATE/tansu"
+  if ! port_open "$KAFKA_PORT"; then
+    log "starting tansu on 127.0.0.1:$KAFKA_PORT (memory storage)"
+    nohup "$bin" broker --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --storage-engine memory://tansu/ >"$STATE/tansu.log" 2>&1 &
+    echo $! >"$STATE/tansu.pid"
+  fi
+  wait_port "$KAFKA_PORT" 60 || { log "tansu did not open $KAFKA_PORT; see $STATE/tansu.log"; exit 1; }
+  for class in $CATALOG_CLASSES; do
+    "$bin" topic create "catalog360.$class" --broker "tcp://127.0.0.1:$KAFKA_PORT" --partitions 3 >/dev/null 2>&1 || true
+  done
+  log "tansu ready on 127.0.0.1:$KAFKA_PORT (catalog360.* topics created)"
+}
+
+case "${1:-start}" in
+  start) start_rabbitmq; start_tansu; echo "C360_TANSU_BIN=$STATE/tansu" ;;
+  stop)
+    [ -f "$STATE/tansu.pid" ] && kill "$(cat "$STATE/tansu.pid")" 2>/dev/null || true
+    rabbitmqctl -q stop >/dev/null 2>&1 || true ;;
+  status) port_open 5672 && echo "rabbitmq up" || echo "rabbitmq down"
+          port_open "$KAFKA_PORT" && echo "tansu up" || echo "tansu down" ;;
+  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,60 @@
+//! The sink layer of c360-bridge: one `Sink` trait, with Kafka and RabbitMQ implementations.
+//!
+//! A sink knows nothing of HTTP or catalog360. It takes a [`Message`] (a destination, an
+//! optional key, the exact body bytes and a few headers) and returns once its broker has
+//! confirmed the message, or with a [`SinkError`] saying why not.
+
+mod error;
+pub mod kafka;
+#[cfg(feature = "test-util")]
+pub mod memory;
+mod message;
+pub mod rabbitmq;
+
+pub use error::SinkError;
+pub use message::{CONTENT_TYPE, EventMeta, Message};
+
+use async_trait::async_trait;
+
+/// Whether a sink can publish right now, with a short human-readable reason when it cannot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    pub ready: bool,
+    pub detail: String,
+}
+
+impl Readiness {
+    pub fn ready(detail: impl Into<String>) -> Self {
+        Self {
+            ready: true,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn not_ready(detail: impl Into<String>) -> Self {
+        Self {
+            ready: false,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// A broker connection that publishes messages and reports when they are confirmed.
+///
+/// `publish` must be cheap to start: callers start every message of a batch at once and then
+/// await them together, so an implementation hands the message to its client and awaits only
+/// the broker's confirmation.
+#[async_trait]
+pub trait Sink: Send + Sync + 'static {
+    /// The name of the sink in the configuration (`[sinks.NAME]`).
+    fn name(&self) -> &str;
+
+    /// Publishes one message; returns once the broker confirmed it.
+    async fn publish(&self, msg: &Message) -> Result<(), SinkError>;
+
+    /// Whether the sink is connected and able to publish.
+    fn readiness(&self) -> Readiness;
+
+    /// Flushes what is in flight (bounded by `deadline`) and closes the connection.
+    async fn close(&self, deadline: std::time::Duration);
+}

@@ -1,0 +1,48 @@
+//! `Message`: one event on its way to one broker destination, body bytes untouched.
+
+use bytes::Bytes;
+use std::sync::Arc;
+
+/// What consumers learn about an event from the message headers (SPEC §3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventMeta {
+    /// `c360-event-id`: stable across retries of the same batch.
+    pub id: String,
+    /// `c360-event-class`.
+    pub event_class: String,
+    /// `c360-payload-class`, absent when the event had none.
+    pub payload_class: Option<String>,
+    /// `c360-webhook`: the name of the webhook that received the event.
+    pub webhook: Arc<str>,
+}
+
+impl EventMeta {
+    /// The headers every message carries, in a fixed order (content-type is added by the sink
+    /// in the way its protocol expects).
+    pub fn headers(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("c360-event-id", Some(self.id.as_str())),
+            ("c360-event-class", Some(self.event_class.as_str())),
+            ("c360-payload-class", self.payload_class.as_deref()),
+            ("c360-webhook", Some(&*self.webhook)),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|v| (name, v)))
+    }
+}
+
+/// One event addressed to one destination of one sink.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Kafka topic, or RabbitMQ routing key.
+    pub destination: String,
+    /// Kafka message key (RabbitMQ ignores it).
+    pub key: Option<Bytes>,
+    /// The event's JSON exactly as received: a slice of the request body, not a copy.
+    pub body: Bytes,
+    /// Header values.
+    pub meta: Arc<EventMeta>,
+}
+
+/// The MIME type of every message body.
+pub const CONTENT_TYPE: &str = "application/json";

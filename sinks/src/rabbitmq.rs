@@ -1,0 +1,298 @@
+//! The RabbitMQ sink: persistent messages with publisher confirms and `mandatory`, reconnecting.
+
+use crate::message::CONTENT_TYPE;
+use crate::{Message, Readiness, Sink, SinkError};
+use async_trait::async_trait;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
+use serde::Deserialize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// `[sinks.NAME] type = "rabbitmq"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RabbitConfig {
+    /// AMQP URI, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    pub url: String,
+    /// Exchange every message is published to.
+    #[serde(default = "default_exchange")]
+    pub exchange: String,
+    /// `topic`, `direct`, `fanout` or `headers`.
+    #[serde(default = "default_exchange_type")]
+    pub exchange_type: String,
+    /// Declare the exchange (durable) on connect; turn off when it is managed elsewhere.
+    #[serde(default = "default_true")]
+    pub declare_exchange: bool,
+    /// Channels on the connection; publishes are spread over them round-robin.
+    #[serde(default = "default_channels")]
+    pub channels: usize,
+}
+
+fn default_exchange() -> String {
+    "catalog360".into()
+}
+fn default_exchange_type() -> String {
+    "topic".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_channels() -> usize {
+    4
+}
+
+/// Why a RabbitMQ sink could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum RabbitSetupError {
+    #[error("exchange_type {0:?} is not one of topic, direct, fanout, headers")]
+    ExchangeType(String),
+    #[error("channels must be between 1 and 64, not {0}")]
+    Channels(usize),
+}
+
+/// One live connection with its confirm-mode channels.
+struct Link {
+    conn: Connection,
+    channels: Vec<Channel>,
+    next: AtomicUsize,
+}
+
+impl Link {
+    fn broken(&self) -> bool {
+        !self.conn.status().connected() || self.channels.iter().any(|c| !c.status().connected())
+    }
+
+    fn pick(&self) -> &Channel {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
+        &self.channels[i]
+    }
+}
+
+/// State shared between the sink and its reconnecting supervisor task.
+struct Shared {
+    name: String,
+    cfg: RabbitConfig,
+    kind: ExchangeKind,
+    link: RwLock<Option<Arc<Link>>>,
+    detail: Mutex<String>,
+    closing: AtomicBool,
+}
+
+/// Publishes to a RabbitMQ exchange; `publish` resolves with the broker's confirm.
+pub struct RabbitSink {
+    shared: Arc<Shared>,
+}
+
+impl RabbitSink {
+    /// Validates the configuration and starts connecting in the background; the sink is not
+    /// ready (and fails publishes fast) until the first connection is up.
+    pub fn new(name: &str, cfg: &RabbitConfig) -> Result<Self, RabbitSetupError> {
+        let kind = exchange_kind(&cfg.exchange_type)?;
+        if cfg.channels == 0 || cfg.channels > 64 {
+            return Err(RabbitSetupError::Channels(cfg.channels));
+        }
+        let shared = Arc::new(Shared {
+            name: name.to_owned(),
+            cfg: cfg.clone(),
+            kind,
+            link: RwLock::new(None),
+            detail: Mutex::new("connecting".into()),
+            closing: AtomicBool::new(false),
+        });
+        tokio::spawn(supervise(shared.clone()));
+        Ok(Self { shared })
+    }
+
+    fn link(&self) -> Result<Arc<Link>, SinkError> {
+        let link = self
+            .shared
+            .link
+            .read()
+            .map_err(|_| unavailable("state lock poisoned"))?
+            .clone();
+        match link {
+            Some(l) if l.conn.status().blocked() => Err(unavailable(
+                "connection blocked by the broker (resource alarm)",
+            )),
+            Some(l) if !l.broken() => Ok(l),
+            _ => Err(unavailable(&self.shared.detail())),
+        }
+    }
+}
+
+fn unavailable(why: &str) -> SinkError {
+    SinkError::Unavailable(why.to_owned())
+}
+
+fn exchange_kind(s: &str) -> Result<ExchangeKind, RabbitSetupError> {
+    Ok(match s {
+        "topic" => ExchangeKind::Topic,
+        "direct" => ExchangeKind::Direct,
+        "fanout" => ExchangeKind::Fanout,
+        "headers" => ExchangeKind::Headers,
+        other => return Err(RabbitSetupError::ExchangeType(other.to_owned())),
+    })
+}
+
+impl Shared {
+    fn detail(&self) -> String {
+        self.detail.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+
+    fn set(&self, link: Option<Arc<Link>>, detail: String) {
+        if let Ok(mut l) = self.link.write() {
+            *l = link;
+        }
+        if let Ok(mut d) = self.detail.lock() {
+            *d = detail;
+        }
+    }
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const WATCH_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Keeps one connection up: connects, watches it, and reconnects with backoff when it breaks.
+async fn supervise(shared: Arc<Shared>) {
+    let mut backoff = Duration::from_millis(100);
+    while !shared.closing.load(Ordering::Relaxed) {
+        match tokio::time::timeout(CONNECT_TIMEOUT, connect(&shared)).await {
+            Ok(Ok(link)) => {
+                tracing::info!(sink = %shared.name, channels = link.channels.len(), "RabbitMQ connected");
+                backoff = Duration::from_millis(100);
+                shared.set(Some(link.clone()), "connected".into());
+                while !link.broken() && !shared.closing.load(Ordering::Relaxed) {
+                    tokio::time::sleep(WATCH_INTERVAL).await;
+                }
+                if shared.closing.load(Ordering::Relaxed) {
+                    return;
+                }
+                tracing::warn!(sink = %shared.name, "RabbitMQ connection lost; reconnecting");
+                shared.set(None, "connection lost; reconnecting".into());
+            }
+            Ok(Err(e)) => shared.set(None, format!("cannot connect: {e}")),
+            Err(_) => shared.set(None, "cannot connect: timed out".into()),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn connect(shared: &Shared) -> Result<Arc<Link>, lapin::Error> {
+    let props = ConnectionProperties::default()
+        .with_connection_name(format!("c360-bridge/{}", shared.name).into());
+    let conn = Connection::connect(&shared.cfg.url, props).await?;
+    let mut channels = Vec::with_capacity(shared.cfg.channels);
+    for _ in 0..shared.cfg.channels {
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        channels.push(ch);
+    }
+    if shared.cfg.declare_exchange {
+        let opts = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channels[0]
+            .exchange_declare(
+                shared.cfg.exchange.as_str().into(),
+                shared.kind.clone(),
+                opts,
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(Arc::new(Link {
+        conn,
+        channels,
+        next: AtomicUsize::new(0),
+    }))
+}
+
+fn properties(msg: &Message) -> BasicProperties {
+    let mut table = FieldTable::default();
+    for (key, value) in msg.meta.headers() {
+        table.insert(key.into(), AMQPValue::LongString(LongString::from(value)));
+    }
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(CONTENT_TYPE.into())
+        .with_message_id(msg.meta.id.as_str().into())
+        .with_headers(table)
+}
+
+#[async_trait]
+impl Sink for RabbitSink {
+    fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    async fn publish(&self, msg: &Message) -> Result<(), SinkError> {
+        let link = self.link()?;
+        let opts = BasicPublishOptions {
+            mandatory: true,
+            immediate: false,
+        };
+        let exchange = self.shared.cfg.exchange.as_str().into();
+        let confirm = link
+            .pick()
+            .basic_publish(
+                exchange,
+                msg.destination.as_str().into(),
+                opts,
+                &msg.body,
+                properties(msg),
+            )
+            .await
+            .map_err(|e| unavailable(&e.to_string()))?;
+        match confirm.await {
+            Ok(Confirmation::Ack(None)) => Ok(()),
+            Ok(Confirmation::Ack(Some(_))) => Err(SinkError::Unroutable(msg.destination.clone())),
+            Ok(Confirmation::Nack(_)) => {
+                Err(SinkError::Refused("broker nacked the message".into()))
+            }
+            Ok(Confirmation::NotRequested) => {
+                Err(SinkError::Refused("publisher confirms are off".into()))
+            }
+            Err(e) => Err(unavailable(&e.to_string())),
+        }
+    }
+
+    fn readiness(&self) -> Readiness {
+        match self.link() {
+            Ok(_) => Readiness::ready("connected"),
+            Err(e) => Readiness::not_ready(e.to_string()),
+        }
+    }
+
+    async fn close(&self, deadline: Duration) {
+        self.shared.closing.store(true, Ordering::Relaxed);
+        let link = self.shared.link.read().ok().and_then(|l| l.clone());
+        if let Some(link) = link {
+            let closing = async {
+                for ch in &link.channels {
+                    let _ = ch.wait_for_confirms().await;
+                }
+                link.conn
+                    .close(200, "c360-bridge shutting down".into())
+                    .await
+            };
+            match tokio::time::timeout(deadline, closing).await {
+                Ok(Ok(())) => {
+                    tracing::info!(sink = %self.shared.name, "RabbitMQ connection closed")
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(sink = %self.shared.name, error = %e, "RabbitMQ close failed")
+                }
+                Err(_) => tracing::warn!(sink = %self.shared.name, "RabbitMQ close timed out"),
+            }
+        }
+        self.shared.set(None, "closed".into());
+    }
+}

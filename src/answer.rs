@@ -1,0 +1,96 @@
+//! What the bridge answers: 200 `{"accepted": N}` or a rejection with `{"error", "message"}`.
+
+use crate::envelope::EnvelopeError;
+use crate::signature::SignatureError;
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use http::header::RETRY_AFTER;
+use serde_json::json;
+use std::time::Duration;
+
+/// Seconds catalog360 is asked to wait before resending after a 503.
+pub const RETRY_AFTER_SECS: u64 = 5;
+
+/// The outcome of one POST.
+#[derive(Debug)]
+pub enum Answer {
+    Accepted(usize),
+    Rejected(Rejection),
+}
+
+/// Every reason a batch is not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejection {
+    #[error("{0}")]
+    Signature(#[from] SignatureError),
+    #[error("signed with the test key, but a test ping has no events")]
+    TestKeyWithEvents,
+    #[error("body larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("{0}")]
+    Envelope(#[from] EnvelopeError),
+    #[error("{failed} message(s) not confirmed by the broker: {first}")]
+    Unconfirmed { failed: usize, first: String },
+    #[error("brokers did not confirm every event within {0:?}")]
+    DeadlineExceeded(Duration),
+    #[error("too many batches in flight")]
+    Overloaded,
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+impl Rejection {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Rejection::Signature(_) | Rejection::TestKeyWithEvents => StatusCode::UNAUTHORIZED,
+            Rejection::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejection::Envelope(_) => StatusCode::BAD_REQUEST,
+            Rejection::Unconfirmed { .. }
+            | Rejection::DeadlineExceeded(_)
+            | Rejection::Overloaded
+            | Rejection::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Rejection::Signature(e) => e.code(),
+            Rejection::TestKeyWithEvents => "test_key_with_events",
+            Rejection::TooLarge(_) => "body_too_large",
+            Rejection::Envelope(e) => e.code(),
+            Rejection::Unconfirmed { .. } => "broker_unconfirmed",
+            Rejection::DeadlineExceeded(_) => "broker_timeout",
+            Rejection::Overloaded => "overloaded",
+            Rejection::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+impl Answer {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Answer::Accepted(_) => StatusCode::OK,
+            Answer::Rejected(r) => r.status(),
+        }
+    }
+}
+
+/// A JSON error body, with `Retry-After` on 503.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = Json(json!({ "error": code, "message": message }));
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        (status, [(RETRY_AFTER, RETRY_AFTER_SECS.to_string())], body).into_response()
+    } else {
+        (status, body).into_response()
+    }
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        match self {
+            Answer::Accepted(n) => (StatusCode::OK, Json(json!({ "accepted": n }))).into_response(),
+            Answer::Rejected(r) => error_response(r.status(), r.code(), &r.to_string()),
+        }
+    }
+}

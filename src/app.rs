@@ -1,0 +1,157 @@
+//! `App`: everything a running bridge shares — webhooks, routes, sinks, ledger, limits.
+
+use crate::config::{Config, ConfigError, SinkConfig};
+use crate::ledger::Ledger;
+use crate::routing::Routes;
+use crate::signature::Verifier;
+use c360_sinks::kafka::{KafkaSetupError, KafkaSink};
+use c360_sinks::rabbitmq::{RabbitSetupError, RabbitSink};
+use c360_sinks::{Readiness, Sink};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+/// One configured webhook.
+pub struct Webhook {
+    pub name: Arc<str>,
+    pub path: String,
+    pub verifier: Verifier,
+    pub max_events: usize,
+}
+
+/// The shared state of one bridge process.
+pub struct App {
+    pub webhooks: Vec<Webhook>,
+    pub routes: Routes,
+    /// Sinks in the order of the sorted `[sinks]` table; `Target::sink` indexes it.
+    pub sinks: Vec<Arc<dyn Sink>>,
+    pub ledger: Ledger,
+    pub in_flight: Arc<Semaphore>,
+    pub max_body_bytes: usize,
+    /// When the answer must be on its way (a little before `server.ack_timeout`).
+    pub answer_deadline: Duration,
+    /// When a batch's publishes are abandoned even if nobody waits for them any more.
+    pub publish_deadline: Duration,
+    /// Publish tasks, awaited on shutdown.
+    pub tasks: TaskTracker,
+    closing: AtomicBool,
+}
+
+/// Why the bridge cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("sinks.{name}: {source}")]
+    Kafka {
+        name: String,
+        source: KafkaSetupError,
+    },
+    #[error("sinks.{name}: {source}")]
+    Rabbit {
+        name: String,
+        source: RabbitSetupError,
+    },
+}
+
+/// The answer deadline and librdkafka's `message.timeout.ms`, both derived from `ack_timeout`.
+pub fn deadlines(ack_timeout: Duration) -> (Duration, Duration) {
+    let answer = ack_timeout.mul_f64(0.9);
+    let kafka_message = ack_timeout.mul_f64(0.75);
+    (answer, kafka_message)
+}
+
+impl App {
+    /// Connects the configured sinks and compiles the routes. Must run inside a tokio runtime.
+    pub fn build(config: Config, file: Option<&Path>) -> Result<Self, BuildError> {
+        let (_, kafka_timeout) = deadlines(config.server.ack_timeout);
+        let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+        for (name, sc) in &config.sinks {
+            sinks.push(match sc {
+                SinkConfig::Kafka(k) => {
+                    Arc::new(KafkaSink::new(name, k, kafka_timeout).map_err(|source| {
+                        BuildError::Kafka {
+                            name: name.clone(),
+                            source,
+                        }
+                    })?)
+                }
+                SinkConfig::Rabbitmq(r) => Arc::new(RabbitSink::new(name, r).map_err(
+                    |source| BuildError::Rabbit {
+                        name: name.clone(),
+                        source,
+                    },
+                )?),
+            });
+        }
+        Self::with_sinks(config, file, sinks)
+    }
+
+    /// Builds the app around sinks made elsewhere (one per `[sinks]` entry, in name order).
+    pub fn with_sinks(
+        config: Config,
+        file: Option<&Path>,
+        sinks: Vec<Arc<dyn Sink>>,
+    ) -> Result<Self, BuildError> {
+        let routes = Routes::compile(&config, file)?;
+        let (answer_deadline, _) = deadlines(config.server.ack_timeout);
+        let webhooks = config
+            .webhooks
+            .into_iter()
+            .map(|w| Webhook {
+                name: w.name.into(),
+                path: w.path,
+                verifier: Verifier::new(w.keys, w.accept_test_ping),
+                max_events: w.max_events,
+            })
+            .collect();
+        Ok(Self {
+            webhooks,
+            routes,
+            sinks,
+            ledger: Ledger::new(config.ledger.max_entries, config.ledger.ttl),
+            in_flight: Arc::new(Semaphore::new(config.server.max_in_flight_batches)),
+            max_body_bytes: config.server.max_body_bytes,
+            answer_deadline,
+            publish_deadline: config.server.ack_timeout * 2,
+            tasks: TaskTracker::new(),
+            closing: AtomicBool::new(false),
+        })
+    }
+
+    /// Readiness of every sink, by name.
+    pub fn readiness(&self) -> Vec<(&str, Readiness)> {
+        self.sinks
+            .iter()
+            .map(|s| (s.name(), s.readiness()))
+            .collect()
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Relaxed)
+    }
+
+    /// From now on new batches are refused with 503.
+    pub fn begin_shutdown(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+    }
+
+    /// Waits for in-flight publishes (bounded by the publish deadline) and closes every sink.
+    pub async fn finish(&self) {
+        self.tasks.close();
+        if tokio::time::timeout(self.publish_deadline, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "some publishes were still unconfirmed at shutdown; their batches got 503"
+            );
+        }
+        for sink in &self.sinks {
+            sink.close(Duration::from_secs(5)).await;
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Argument parsing and the five subcommands; anyhow lives here, at the edge.
+
+use anyhow::{Context, Result, bail};
+use c360_bridge::config::{self, LogFormat};
+use c360_bridge::{App, dev, routing, sample, signature};
+use clap::{Parser, Subcommand};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "c360-bridge",
+    version,
+    about = "catalog360 Outbound Webhooks → Kafka / RabbitMQ"
+)]
+struct Cli {
+    /// Log format (overrides `log.format` in the config).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Serve {
+        #[arg(long, env = "C360_BRIDGE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a configuration and print the routing table.
+    Check {
+        #[arg(long, env = "C360_BRIDGE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Print the X-C360-Signature value of FILE (or stdin).
+    Sign {
+        #[arg(long)]
+        key: String,
+        file: Option<PathBuf>,
+    },
+    /// Sign and POST a batch (a sample with one event of every known class without FILE).
+    Send {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        key: String,
+        file: Option<PathBuf>,
+    },
+    /// Try it with nothing installed: an in-memory Kafka-protocol broker and a demo webhook.
+    Dev {
+        /// Where the demo webhook listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => serve(&config, cli.log_format),
+        Command::Check { config } => check(&config),
+        Command::Sign { key, file } => {
+            read_input(file.as_deref()).map(|b| println!("{}", signature::sign(key.as_bytes(), &b)))
+        }
+        Command::Send { url, key, file } => send(&url, &key, file.as_deref()),
+        Command::Dev { listen } => {
+            init_tracing(cli.log_format.unwrap_or_default(), None);
+            dev::run(&listen)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat, level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(level.unwrap_or("info,lapin::returned_messages=error")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn serve(file: &Path, log_format: Option<LogFormat>) -> Result<()> {
+    let config = config::load(Some(file))?;
+    init_tracing(
+        log_format.unwrap_or(config.log.format),
+        config.log.level.as_deref(),
+    );
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let listen = config.server.listen.clone();
+        let admin = config.server.admin_listen.clone();
+        let app = Arc::new(App::build(config, Some(file))?);
+        let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("binding {listen}"))?;
+        let admin = match admin {
+            Some(a) => Some(tokio::net::TcpListener::bind(&a).await.with_context(|| format!("binding {a}"))?),
+            None => None,
+        };
+        tracing::info!(listen = %listener.local_addr()?, webhooks = app.webhooks.len(), sinks = app.sinks.len(), "c360-bridge serving");
+        c360_bridge::serve(app, listener, admin, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+fn check(file: &Path) -> Result<()> {
+    let config = config::load(Some(file))?;
+    let routes = routing::Routes::compile(&config, Some(file))?;
+    println!("{}: OK", file.display());
+    for wh in &config.webhooks {
+        println!(
+            "webhook {} on {} ({} key(s), test ping {})",
+            wh.name,
+            wh.path,
+            wh.keys.len(),
+            if wh.accept_test_ping {
+                "accepted"
+            } else {
+                "refused"
+            }
+        );
+    }
+    let webhook = config
+        .webhooks
+        .first()
+        .map(|w| w.name.as_str())
+        .unwrap_or("-");
+    println!("{:<24} {:<10} {:<40} key", "event_class", "sink", "topic");
+    for class in routing::KNOWN_EVENT_CLASSES {
+        match routes.lookup(class) {
+            Some(route) => {
+                for t in &route.targets {
+                    let topic =
+                        t.topic
+                            .render_parts(class, Some(sample::payload_class(class)), webhook);
+                    let key = t.key.as_ref().map_or("-", |k| k.text.as_str());
+                    println!("{class:<24} {:<10} {topic:<40} {key}", t.sink_name);
+                }
+            }
+            None => println!("{class:<24} (dropped: no route, unrouted = \"drop\")"),
+        }
+    }
+    Ok(())
+}
+
+fn read_input(file: Option<&Path>) -> Result<Vec<u8>> {
+    match file {
+        Some(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display())),
+        None => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf)?;
+            Ok(buf)
+        }
+    }
+}
+
+fn send(url: &str, key: &str, file: Option<&Path>) -> Result<()> {
+    let body = match file {
+        Some(_) => read_input(file)?,
+        None => sample::one_of_each(),
+    };
+    let sig = signature::sign(key.as_bytes(), &body);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (status, text) = rt.block_on(async {
+        let resp = reqwest::Client::new()
+            .post(url)
+            .header("content-type", "application/json")
+            .header(signature::HEADER, sig)
+            .body(body)
+            .send()
+            .await?;
+        let status = resp.status();
+        Ok::<_, reqwest::Error>((status, resp.text().await?))
+    })?;
+    println!("{}\n{}", status.as_u16(), text);
+    if !status.is_success() {
+        bail!("the bridge answered {status}");
+    }
+    Ok(())
+}

@@ -1,0 +1,306 @@
+//! Configuration: defaults < TOML file < `C360_BRIDGE_*` environment, validated at start-up.
+
+use c360_sinks::kafka::KafkaConfig;
+use c360_sinks::rabbitmq::RabbitConfig;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole configuration of one bridge process.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub ledger: LedgerConfig,
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+    #[serde(default)]
+    pub sinks: BTreeMap<String, SinkConfig>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// What to do with an event no route matches: `error` (refuse to start without a
+    /// catch-all route) or `drop` (accept and count it in `c360_events_unrouted_total`).
+    #[serde(default)]
+    pub unrouted: Unrouted,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub admin_listen: Option<String>,
+    pub max_body_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// Batches being published at once; past it new batches get an immediate 503.
+    pub max_in_flight_batches: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            admin_listen: None,
+            max_body_bytes: 16 * 1024 * 1024,
+            ack_timeout: Duration::from_secs(20),
+            max_in_flight_batches: 512,
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `c360_bridge=debug,info`; `RUST_LOG` wins.
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `[ledger]`: memory of confirmed event ids, so a resent batch skips them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    pub max_entries: usize,
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            max_entries: 1_000_000,
+            ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// `[[webhooks]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub name: String,
+    pub path: String,
+    #[serde(default)]
+    pub keys: Vec<SecretString>,
+    /// Name of an environment variable holding keys, comma-separated.
+    pub keys_env: Option<String>,
+    /// A file holding keys, one per line.
+    pub keys_file: Option<PathBuf>,
+    #[serde(default = "yes")]
+    pub accept_test_ping: bool,
+    #[serde(default = "default_max_events")]
+    pub max_events: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_max_events() -> usize {
+    100
+}
+
+/// `[sinks.NAME]`, tagged by `type`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SinkConfig {
+    Kafka(KafkaConfig),
+    Rabbitmq(RabbitConfig),
+}
+
+impl SinkConfig {
+    /// The destination template a route gets when it names none.
+    pub fn default_topic(&self) -> &'static str {
+        match self {
+            SinkConfig::Kafka(_) => "catalog360.{event_class}",
+            SinkConfig::Rabbitmq(_) => "{event_class}",
+        }
+    }
+}
+
+/// `[[routes]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    #[serde(rename = "match")]
+    pub pattern: String,
+    pub sinks: Vec<String>,
+    pub topic: Option<String>,
+    pub key: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unrouted {
+    #[default]
+    Error,
+    Drop,
+}
+
+/// A configuration that cannot be used, with the file and key it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{source_name}: {error}")]
+    Load {
+        source_name: String,
+        error: Box<figment::Error>,
+    },
+    #[error("{source_name}: {key}: {message}")]
+    Invalid {
+        source_name: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// Where the configuration came from, for error messages.
+pub fn source_name(file: Option<&Path>) -> String {
+    match file {
+        Some(p) => p.display().to_string(),
+        None => "embedded defaults + environment".into(),
+    }
+}
+
+/// Reads defaults, then `file` (if any), then `C360_BRIDGE_*` variables.
+pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+    let mut fig = Figment::new()
+        .merge(Serialized::default("server", ServerConfig::default()))
+        .merge(Serialized::default("log", LogConfig::default()))
+        .merge(Serialized::default("ledger", LedgerConfig::default()));
+    if let Some(path) = file {
+        if !path.is_file() {
+            return Err(invalid(file, "--config", "file not found"));
+        }
+        fig = fig.merge(Toml::file(path));
+    }
+    fig = fig.merge(
+        Env::prefixed("C360_BRIDGE_")
+            .ignore(&["config"])
+            .split("__"),
+    );
+    let mut config: Config = fig.extract().map_err(|e| ConfigError::Load {
+        source_name: source_name(file),
+        error: Box::new(e),
+    })?;
+    resolve_keys(&mut config, file)?;
+    validate(&config, file)?;
+    Ok(config)
+}
+
+pub(crate) fn invalid(
+    file: Option<&Path>,
+    key: impl Into<String>,
+    message: impl Into<String>,
+) -> ConfigError {
+    ConfigError::Invalid {
+        source_name: source_name(file),
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// Adds the keys named by `keys_env` and `keys_file` to each webhook's inline keys.
+fn resolve_keys(config: &mut Config, file: Option<&Path>) -> Result<(), ConfigError> {
+    for (i, wh) in config.webhooks.iter_mut().enumerate() {
+        if let Some(var) = &wh.keys_env {
+            let value = std::env::var(var).map_err(|_| {
+                invalid(
+                    file,
+                    format!("webhooks[{i}].keys_env"),
+                    format!("variable {var} is not set"),
+                )
+            })?;
+            wh.keys.extend(split_keys(&value, ','));
+        }
+        if let Some(path) = &wh.keys_file {
+            let value = std::fs::read_to_string(path).map_err(|e| {
+                invalid(
+                    file,
+                    format!("webhooks[{i}].keys_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            wh.keys.extend(split_keys(&value, '\n'));
+        }
+    }
+    Ok(())
+}
+
+fn split_keys(s: &str, sep: char) -> impl Iterator<Item = SecretString> + '_ {
+    s.split(sep)
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(|k| SecretString::from(k.to_owned()))
+}
+
+fn validate(config: &Config, file: Option<&Path>) -> Result<(), ConfigError> {
+    let s = &config.server;
+    if s.ack_timeout < Duration::from_secs(1) {
+        return Err(invalid(file, "server.ack_timeout", "must be at least 1s"));
+    }
+    if s.max_in_flight_batches == 0 {
+        return Err(invalid(
+            file,
+            "server.max_in_flight_batches",
+            "must be at least 1",
+        ));
+    }
+    if config.webhooks.is_empty() {
+        return Err(invalid(
+            file,
+            "webhooks",
+            "at least one [[webhooks]] entry is needed",
+        ));
+    }
+    let mut paths = std::collections::HashSet::new();
+    for (i, wh) in config.webhooks.iter().enumerate() {
+        if !wh.path.starts_with('/')
+            || ["/healthz", "/readyz", "/metrics"].contains(&wh.path.as_str())
+        {
+            return Err(invalid(
+                file,
+                format!("webhooks[{i}].path"),
+                "must start with / and not be an admin path",
+            ));
+        }
+        if !paths.insert(wh.path.as_str()) {
+            return Err(invalid(
+                file,
+                format!("webhooks[{i}].path"),
+                "used by two webhooks",
+            ));
+        }
+        if wh.keys.is_empty() {
+            return Err(invalid(
+                file,
+                format!("webhooks[{i}].keys"),
+                "no key (give keys, keys_env or keys_file)",
+            ));
+        }
+        if wh.max_events == 0 {
+            return Err(invalid(
+                file,
+                format!("webhooks[{i}].max_events"),
+                "must be at least 1",
+            ));
+        }
+    }
+    Ok(())
+}

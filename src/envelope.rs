@@ -1,0 +1,239 @@
+//! The catalog360 envelope, split into events without re-serialising them (`RawValue`).
+
+use serde::Deserialize;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use std::fmt;
+
+/// One event of a batch: its exact bytes plus the fields the bridge routes on.
+#[derive(Debug)]
+pub struct Event<'a> {
+    /// The element of `events` byte for byte as received.
+    pub raw: &'a RawValue,
+    pub event_class: String,
+    pub payload_class: Option<String>,
+}
+
+/// Why a verified body is not a usable batch (answered with 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("body is not a JSON object: {0}")]
+    NotJson(String),
+    #[error("body has no \"events\" array")]
+    NoEvents,
+    #[error("{count} events in one batch; this webhook accepts at most {max}")]
+    TooMany { count: usize, max: usize },
+    #[error("event {index}: {reason}")]
+    BadEvent { index: usize, reason: String },
+}
+
+impl EnvelopeError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            EnvelopeError::NotJson(_) => "invalid_json",
+            EnvelopeError::NoEvents => "no_events_array",
+            EnvelopeError::TooMany { .. } => "too_many_events",
+            EnvelopeError::BadEvent { .. } => "invalid_event",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    events: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow)]
+    event_class: Option<&'a RawValue>,
+    #[serde(borrow)]
+    payload_class: Option<&'a RawValue>,
+}
+
+/// Splits `body` into its events; other top-level fields are ignored.
+pub fn split(body: &[u8], max_events: usize) -> Result<Vec<Event<'_>>, EnvelopeError> {
+    let env: Envelope =
+        serde_json::from_slice(body).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
+    let events = env.events.ok_or(EnvelopeError::NoEvents)?;
+    let raws: Vec<&RawValue> =
+        serde_json::from_str(events.get()).map_err(|_| EnvelopeError::NoEvents)?;
+    if raws.len() > max_events {
+        return Err(EnvelopeError::TooMany {
+            count: raws.len(),
+            max: max_events,
+        });
+    }
+    raws.into_iter()
+        .enumerate()
+        .map(|(index, raw)| event(index, raw))
+        .collect()
+}
+
+fn event(index: usize, raw: &RawValue) -> Result<Event<'_>, EnvelopeError> {
+    let bad = |reason: &str| EnvelopeError::BadEvent {
+        index,
+        reason: reason.to_owned(),
+    };
+    let head: Head = serde_json::from_str(raw.get()).map_err(|_| bad("not a JSON object"))?;
+    let class = head.event_class.ok_or_else(|| bad("has no event_class"))?;
+    let event_class = name(class).ok_or_else(|| bad(NAME_RULE_CLASS))?;
+    let payload_class = match head.payload_class {
+        None => None,
+        Some(p) if p.get() == "null" => None,
+        Some(p) => Some(name(p).ok_or_else(|| bad(NAME_RULE_PAYLOAD))?),
+    };
+    Ok(Event {
+        raw,
+        event_class,
+        payload_class,
+    })
+}
+
+const NAME_RULE_CLASS: &str =
+    "event_class must be a string of 1-200 letters, digits, '.', '_' or '-'";
+const NAME_RULE_PAYLOAD: &str =
+    "payload_class must be a string of 1-200 letters, digits, '.', '_' or '-'";
+
+/// A class name usable in a topic or routing key (Kafka's topic alphabet), or `None`.
+fn name(raw: &RawValue) -> Option<String> {
+    let s: String = serde_json::from_str(raw.get()).ok()?;
+    let ok = !s.is_empty()
+        && s.len() <= 200
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    ok.then_some(s)
+}
+
+/// Follows a JSON pointer (already split into segments) into `raw` without parsing the rest.
+pub fn pointer<'a>(raw: &'a RawValue, segments: &[String]) -> Option<&'a RawValue> {
+    segments.iter().try_fold(raw, |node, seg| {
+        let mut de = serde_json::Deserializer::from_str(node.get());
+        FieldSeed(seg).deserialize(&mut de).ok().flatten()
+    })
+}
+
+/// The bytes a pointed-at value contributes as a message key: a string's text, else its JSON.
+pub fn key_bytes(raw: &RawValue) -> Option<Vec<u8>> {
+    match raw.get().as_bytes().first() {
+        Some(b'"') => serde_json::from_str::<String>(raw.get())
+            .ok()
+            .map(String::into_bytes),
+        Some(b'n') => None,
+        _ => Some(raw.get().as_bytes().to_vec()),
+    }
+}
+
+/// Deserializes a JSON object, returning the raw value of one field and skipping the others.
+struct FieldSeed<'k>(&'k str);
+
+impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
+    type Value = Option<&'de RawValue>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for FieldSeed<'_> {
+    type Value = Option<&'de RawValue>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if found.is_none() && key == self.0 {
+                found = Some(map.next_value::<&'de RawValue>()?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(p: &str) -> Vec<String> {
+        p.split('/').skip(1).map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn events_keep_their_exact_bytes() {
+        let body = br#"{"other": 1, "events": [ {"event_class":"task_created", "payload":{"n": 123456789012345678901234567890, "s":"caf\u00e9 \"q\""}} ,{"event_class":"x","payload_class":"task"}]}"#;
+        let events = split(body, 100).unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(
+            events[0].raw.get(),
+            r#"{"event_class":"task_created", "payload":{"n": 123456789012345678901234567890, "s":"caf\u00e9 \"q\""}}"#
+        );
+        assert_eq!(events[0].payload_class, None);
+        assert_eq!(events[1].payload_class.as_deref(), Some("task"));
+    }
+
+    #[test]
+    fn empty_events_is_a_batch_of_none() {
+        assert!(split(br#"{"events":[]}"#, 100).unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_envelopes_are_named() {
+        assert_eq!(split(b"nope", 100).unwrap_err().code(), "invalid_json");
+        assert_eq!(split(b"[1]", 100).unwrap_err().code(), "invalid_json");
+        assert_eq!(
+            split(br#"{"x":[]}"#, 100).unwrap_err(),
+            EnvelopeError::NoEvents
+        );
+        assert_eq!(
+            split(br#"{"events":{}}"#, 100).unwrap_err(),
+            EnvelopeError::NoEvents
+        );
+        assert_eq!(
+            split(br#"{"events":[{},{}]}"#, 1).unwrap_err(),
+            EnvelopeError::TooMany { count: 2, max: 1 }
+        );
+    }
+
+    #[test]
+    fn bad_events_are_named_with_their_index() {
+        let e = split(
+            br#"{"events":[{"event_class":"a"},{"event_class":7}]}"#,
+            100,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, EnvelopeError::BadEvent { index: 1, .. }),
+            "{e:?}"
+        );
+        let e = split(
+            br#"{"events":[{"event_class":"a"},{"event_class":"b"},3]}"#,
+            100,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, EnvelopeError::BadEvent { index: 2, .. }),
+            "{e:?}"
+        );
+        let e = split(br#"{"events":[{"payload":{}}]}"#, 100).unwrap_err();
+        assert_eq!(e.to_string(), "event 0: has no event_class");
+        let e = split(br#"{"events":[{"event_class":"../etc"}]}"#, 100).unwrap_err();
+        assert!(matches!(e, EnvelopeError::BadEvent { index: 0, .. }));
+    }
+
+    #[test]
+    fn pointer_finds_nested_values() {
+        let raw: &RawValue =
+            serde_json::from_str(r#"{"payload":{"old":{"id":7},"new":{"id":"a\"b"}}}"#).unwrap();
+        let v = pointer(raw, &seg("/payload/new/id")).unwrap();
+        assert_eq!(key_bytes(v).unwrap(), b"a\"b");
+        assert_eq!(
+            key_bytes(pointer(raw, &seg("/payload/old/id")).unwrap()).unwrap(),
+            b"7"
+        );
+        assert!(pointer(raw, &seg("/payload/none/id")).is_none());
+        assert!(pointer(raw, &seg("/payload/old/id/deeper")).is_none());
+    }
+}

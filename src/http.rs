@@ -1,0 +1,127 @@
+//! The HTTP surface: webhook routes, and the operational endpoints /healthz, /readyz, /metrics.
+
+use crate::answer::error_response;
+use crate::app::App;
+use crate::ingest;
+use crate::metrics as m;
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The public router: one route per webhook, plus the admin endpoints when `with_admin`.
+pub fn router(app: Arc<App>, with_admin: bool) -> Router {
+    let mut r = Router::new();
+    for (i, wh) in app.webhooks.iter().enumerate() {
+        let a = app.clone();
+        let receive = move |headers: HeaderMap, body: axum::body::Body| async move {
+            let rid = request_id(&headers);
+            let mut resp = ingest::receive(a, i, headers, body, rid.clone())
+                .await
+                .into_response();
+            if let Ok(v) = HeaderValue::from_str(&rid) {
+                resp.headers_mut().insert("x-request-id", v);
+            }
+            resp
+        };
+        r = r.route(
+            &wh.path,
+            post(receive)
+                .head(|| async { StatusCode::OK })
+                .fallback(method_not_allowed),
+        );
+    }
+    if with_admin {
+        r = r.merge(admin_routes());
+    }
+    r.fallback(not_found).with_state(app)
+}
+
+/// The admin router alone, for `server.admin_listen`.
+pub fn admin_router(app: Arc<App>) -> Router {
+    admin_routes().fallback(not_found).with_state(app)
+}
+
+fn admin_routes() -> Router<Arc<App>> {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(json!({"status": "ok"})) }),
+        )
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let sinks = app.readiness();
+    let ready = sinks.iter().all(|(_, r)| r.ready) && !app.is_closing();
+    let detail: serde_json::Map<String, serde_json::Value> = sinks
+        .iter()
+        .map(|(name, r)| {
+            (
+                name.to_string(),
+                json!({"ready": r.ready, "detail": r.detail}),
+            )
+        })
+        .collect();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(json!({"ready": ready, "closing": app.is_closing(), "sinks": detail})),
+    )
+        .into_response()
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    for (name, r) in app.readiness() {
+        m::sink_ready(name, r.ready);
+    }
+    let h = m::handle();
+    h.run_upkeep();
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        h.render(),
+    )
+        .into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "use POST (or HEAD to check the URL)",
+    )
+}
+
+async fn not_found() -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no webhook is configured on this path",
+    )
+}
+
+/// The caller's `x-request-id` when it is short and printable, else a new one.
+fn request_id(headers: &HeaderMap) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty() && s.len() <= 128)
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            format!(
+                "c360-{:x}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            )
+        })
+}

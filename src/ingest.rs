@@ -1,0 +1,263 @@
+//! The POST handler: verify → split → route → publish every event → await every confirm → answer.
+
+use crate::answer::{Answer, Rejection};
+use crate::app::{App, Webhook};
+use crate::config::Unrouted;
+use crate::envelope::{self, Event};
+use crate::metrics as m;
+use crate::signature::{HEADER, Verdict};
+use bytes::Bytes;
+use c360_sinks::{EventMeta, Message, SinkError};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+
+/// One message for one sink.
+struct Job {
+    sink: usize,
+    msg: Message,
+}
+
+/// Handles one POST on a webhook path and says what to answer.
+pub async fn receive(
+    app: Arc<App>,
+    wh: usize,
+    headers: http::HeaderMap,
+    body: axum::body::Body,
+    rid: String,
+) -> Answer {
+    let started = Instant::now();
+    let webhook = &app.webhooks[wh];
+    let answer = match ingest(&app, webhook, &headers, body, started).await {
+        Ok(n) => Answer::Accepted(n),
+        Err(r) => Answer::Rejected(r),
+    };
+    log_outcome(webhook, &answer, &rid, started);
+    m::request(&webhook.name, answer.status().as_u16());
+    answer
+}
+
+async fn ingest(
+    app: &Arc<App>,
+    webhook: &Webhook,
+    headers: &http::HeaderMap,
+    body: axum::body::Body,
+    started: Instant,
+) -> Result<usize, Rejection> {
+    if app.is_closing() {
+        return Err(Rejection::ShuttingDown);
+    }
+    let permit = app
+        .in_flight
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Rejection::Overloaded)?;
+    let body = axum::body::to_bytes(body, app.max_body_bytes)
+        .await
+        .map_err(|_| Rejection::TooLarge(app.max_body_bytes))?;
+    let signature = headers.get(HEADER).map(|v| v.as_bytes());
+    let verdict = webhook
+        .verifier
+        .verify(signature, &body)
+        .inspect_err(|e| m::signature_failure(&webhook.name, e.code()))?;
+    let events = envelope::split(&body, webhook.max_events)?;
+    if verdict == Verdict::TestKey {
+        return if events.is_empty() {
+            Ok(0)
+        } else {
+            Err(Rejection::TestKeyWithEvents)
+        };
+    }
+    let jobs = plan(app, webhook, &body, &events);
+    publish(app, jobs, permit, started).await?;
+    Ok(events.len())
+}
+
+/// Turns events into one job per (event, target), leaving out pairs the ledger has confirmed.
+fn plan(app: &App, webhook: &Webhook, body: &Bytes, events: &[Event]) -> Vec<Job> {
+    let ids = event_ids(&webhook.name, events);
+    let mut jobs = Vec::with_capacity(events.len());
+    for (event, id) in events.iter().zip(ids) {
+        let Some(route) = app.routes.lookup(&event.event_class) else {
+            debug_assert_eq!(
+                app.routes.unrouted,
+                Unrouted::Drop,
+                "start-up requires a catch-all route"
+            );
+            m::unrouted(&event.event_class);
+            continue;
+        };
+        let meta = Arc::new(EventMeta {
+            id,
+            event_class: event.event_class.clone(),
+            payload_class: event.payload_class.clone(),
+            webhook: webhook.name.clone(),
+        });
+        let raw = body.slice_ref(event.raw.get().as_bytes());
+        for t in &route.targets {
+            let msg = Message {
+                destination: t.topic.render(event, &webhook.name),
+                key: t
+                    .key
+                    .as_ref()
+                    .and_then(|k| k.extract(event.raw))
+                    .map(Bytes::from),
+                body: raw.clone(),
+                meta: meta.clone(),
+            };
+            jobs.push(Job { sink: t.sink, msg });
+        }
+    }
+    let seen = app
+        .ledger
+        .seen(jobs.iter().map(|j| (j.msg.meta.id.as_str(), j.sink)));
+    let mut seen = seen.into_iter();
+    jobs.retain(|j| {
+        let skip = seen.next().unwrap_or(false);
+        if skip {
+            m::ledger_skip(app.sinks[j.sink].name());
+        }
+        !skip
+    });
+    jobs
+}
+
+/// Stable event ids: SHA-256 of the webhook name and the event's exact bytes (first 128 bits,
+/// hex); the k-th repeat of identical bytes within one batch gets the suffix `-k`.
+pub fn event_ids(webhook: &str, events: &[Event]) -> Vec<String> {
+    let mut repeats: HashMap<String, usize> = HashMap::new();
+    events
+        .iter()
+        .map(|e| {
+            let digest = Sha256::new()
+                .chain_update(webhook)
+                .chain_update([0u8])
+                .chain_update(e.raw.get())
+                .finalize();
+            let id = hex::encode(&digest[..16]);
+            let n = repeats.entry(id.clone()).or_insert(0);
+            *n += 1;
+            if *n == 1 {
+                id
+            } else {
+                format!("{id}-{}", *n - 1)
+            }
+        })
+        .collect()
+}
+
+/// What became of a batch's jobs.
+struct Outcome {
+    failures: Vec<(usize, SinkError)>,
+}
+
+/// Starts every job at once, waits for all confirms until the answer deadline.
+///
+/// The publishing runs in its own task holding the in-flight permit, so confirms that arrive
+/// after a 503 are still recorded in the ledger, and memory stays bounded by the permits.
+async fn publish(
+    app: &Arc<App>,
+    jobs: Vec<Job>,
+    permit: OwnedSemaphorePermit,
+    started: Instant,
+) -> Result<(), Rejection> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let (tx, rx) = oneshot::channel();
+    let task_app = app.clone();
+    app.tasks.spawn(async move {
+        let _permit = permit;
+        let _gauge = m::InFlight::enter();
+        let outcome = publish_all(&task_app, &jobs).await;
+        let _ = tx.send(outcome);
+    });
+    let deadline = tokio::time::Instant::from_std(started + app.answer_deadline);
+    match tokio::time::timeout_at(deadline, rx).await {
+        Ok(Ok(o)) if o.failures.is_empty() => Ok(()),
+        Ok(Ok(o)) => Err(Rejection::Unconfirmed {
+            failed: o.failures.len(),
+            first: first_error(&o),
+        }),
+        Ok(Err(_)) => Err(Rejection::Unconfirmed {
+            failed: 0,
+            first: "publish task ended".into(),
+        }),
+        Err(_) => Err(Rejection::DeadlineExceeded(app.answer_deadline)),
+    }
+}
+
+fn first_error(o: &Outcome) -> String {
+    o.failures
+        .first()
+        .map(|(_, e)| e.to_string())
+        .unwrap_or_default()
+}
+
+async fn publish_all(app: &App, jobs: &[Job]) -> Outcome {
+    let started = Instant::now();
+    let all = futures::future::join_all(jobs.iter().map(|j| app.sinks[j.sink].publish(&j.msg)));
+    let results = match tokio::time::timeout(app.publish_deadline, all).await {
+        Ok(r) => r,
+        Err(_) => jobs
+            .iter()
+            .map(|_| {
+                Err(SinkError::Timeout(
+                    "no confirm before the publish deadline".into(),
+                ))
+            })
+            .collect(),
+    };
+    let mut confirmed = Vec::with_capacity(jobs.len());
+    let mut failures = Vec::new();
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Ok(()) => confirmed.push(i),
+            Err(e) => failures.push((i, e)),
+        }
+    }
+    app.ledger.record(
+        confirmed
+            .iter()
+            .map(|&i| (jobs[i].msg.meta.id.clone(), jobs[i].sink)),
+    );
+    count(app, jobs, &confirmed, &failures, started);
+    Outcome { failures }
+}
+
+fn log_outcome(webhook: &Webhook, answer: &Answer, rid: &str, started: Instant) {
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    match answer {
+        Answer::Accepted(n) => {
+            tracing::info!(request_id = rid, webhook = %webhook.name, events = n, ms, "batch accepted")
+        }
+        Answer::Rejected(r) => tracing::warn!(
+            request_id = rid, webhook = %webhook.name, status = r.status().as_u16(), reason = r.code(), ms,
+            "batch rejected: {r}"
+        ),
+    }
+}
+
+fn count(
+    app: &App,
+    jobs: &[Job],
+    confirmed: &[usize],
+    failures: &[(usize, SinkError)],
+    started: Instant,
+) {
+    let mut per_destination: HashMap<(usize, &str), u64> = HashMap::new();
+    for &i in confirmed {
+        *per_destination
+            .entry((jobs[i].sink, jobs[i].msg.destination.as_str()))
+            .or_default() += 1;
+    }
+    for ((sink, topic), n) in per_destination {
+        m::events_published(app.sinks[sink].name(), topic, n);
+    }
+    for (i, e) in failures {
+        m::publish_failure(app.sinks[jobs[*i].sink].name(), e.code());
+    }
+    m::publish_latency(started.elapsed());
+}

@@ -1,0 +1,126 @@
+//! The retry ledger: which (event id, sink) pairs were confirmed, so a resent batch skips them.
+//!
+//! Bounded in entries and in age; it lives in memory, so a restart or another replica forgets
+//! it (the README lists the duplicates a consumer can therefore still see).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+type Key = (String, u16);
+
+/// Remembers confirmations for at most `max_entries` pairs and `ttl`.
+pub struct Ledger {
+    inner: Mutex<Inner>,
+    max_entries: usize,
+    ttl: Duration,
+}
+
+#[derive(Default)]
+struct Inner {
+    confirmed: HashMap<Key, Instant>,
+    order: VecDeque<(Key, Instant)>,
+}
+
+impl Ledger {
+    pub fn new(max_entries: usize, ttl: Duration) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            max_entries,
+            ttl,
+        }
+    }
+
+    /// For each `(event id, sink)` pair, whether it was confirmed within the ttl.
+    pub fn seen<'a>(&self, pairs: impl Iterator<Item = (&'a str, usize)>) -> Vec<bool> {
+        let Ok(inner) = self.inner.lock() else {
+            return pairs.map(|_| false).collect();
+        };
+        let now = Instant::now();
+        pairs
+            .map(|(id, sink)| {
+                inner
+                    .confirmed
+                    .get(&(id.to_owned(), sink as u16))
+                    .is_some_and(|at| now.duration_since(*at) < self.ttl)
+            })
+            .collect()
+    }
+
+    /// Records confirmed pairs, evicting the oldest past the bounds.
+    pub fn record(&self, pairs: impl Iterator<Item = (String, usize)>) {
+        if self.max_entries == 0 {
+            return;
+        }
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        for (id, sink) in pairs {
+            let key = (id, sink as u16);
+            inner.confirmed.insert(key.clone(), now);
+            inner.order.push_back((key, now));
+        }
+        self.evict(&mut inner, now);
+    }
+
+    fn evict(&self, inner: &mut Inner, now: Instant) {
+        while let Some((key, at)) = inner.order.front() {
+            let expired = now.duration_since(*at) >= self.ttl;
+            if !expired
+                && inner.confirmed.len() <= self.max_entries
+                && inner.order.len() <= 2 * self.max_entries
+            {
+                break;
+            }
+            // Remove the map entry only if this queue slot is its latest confirmation.
+            if inner.confirmed.get(key) == Some(at) {
+                inner.confirmed.remove(key);
+            }
+            inner.order.pop_front();
+        }
+    }
+
+    /// Pairs currently remembered.
+    pub fn len(&self) -> usize {
+        self.inner.lock().map(|i| i.confirmed.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembers_confirmed_pairs_per_sink() {
+        let l = Ledger::new(10, Duration::from_secs(60));
+        l.record([("a".to_owned(), 0), ("b".to_owned(), 1)].into_iter());
+        assert_eq!(
+            l.seen([("a", 0), ("a", 1), ("b", 1), ("c", 0)].into_iter()),
+            vec![true, false, true, false]
+        );
+    }
+
+    #[test]
+    fn bounded_in_entries() {
+        let l = Ledger::new(3, Duration::from_secs(60));
+        l.record((0..10).map(|i| (i.to_string(), 0)));
+        assert_eq!(l.len(), 3);
+        assert_eq!(
+            l.seen(["0", "9"].into_iter().map(|s| (s, 0))),
+            vec![false, true]
+        );
+    }
+
+    #[test]
+    fn bounded_in_time() {
+        let l = Ledger::new(10, Duration::ZERO);
+        l.record([("a".to_owned(), 0)].into_iter());
+        assert_eq!(l.seen([("a", 0)].into_iter()), vec![false]);
+        assert!(l.is_empty());
+    }
+}

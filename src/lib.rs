@@ -1,0 +1,54 @@
+//! c360-bridge: receives catalog360 Outbound Webhooks and publishes every event to Kafka and/or
+//! RabbitMQ, answering 200 only once every event is confirmed by its broker.
+
+pub mod answer;
+pub mod app;
+pub mod config;
+pub mod dev;
+pub mod envelope;
+pub mod http;
+pub mod ingest;
+pub mod ledger;
+pub mod metrics;
+pub mod routing;
+pub mod sample;
+pub mod signature;
+
+pub use app::App;
+
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Serves `app` on `listener` (and the admin endpoints on `admin` if given) until `shutdown`
+/// resolves; then refuses new batches, lets in-flight ones finish or fail, and closes the sinks.
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    admin: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let stop = CancellationToken::new();
+    let trigger = stop.clone();
+    let flag = app.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutdown requested: refusing new batches, finishing in-flight ones");
+        flag.begin_shutdown();
+        trigger.cancel();
+    });
+    let main = axum::serve(listener, http::router(app.clone(), admin.is_none()))
+        .with_graceful_shutdown(stop.clone().cancelled_owned());
+    match admin {
+        Some(admin) => {
+            let admin = axum::serve(admin, http::admin_router(app.clone()))
+                .with_graceful_shutdown(stop.clone().cancelled_owned());
+            tokio::try_join!(main.into_future(), admin.into_future())?;
+        }
+        None => main.await?,
+    }
+    app.finish().await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! Prometheus metrics: one global recorder, and the few named counters the bridge keeps.
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder once and returns its handle (for `/metrics`).
+pub fn handle() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full("c360_publish_seconds".into()), &buckets)
+                .map(PrometheusBuilder::build_recorder);
+            match recorder {
+                Ok(r) => {
+                    let h = r.handle();
+                    if metrics::set_global_recorder(r).is_err() {
+                        tracing::warn!(
+                            "a metrics recorder was already installed; /metrics may be empty"
+                        );
+                    }
+                    h
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "metrics recorder not installed");
+                    PrometheusBuilder::new().build_recorder().handle()
+                }
+            }
+        })
+        .clone()
+}
+
+pub fn request(webhook: &str, status: u16) {
+    counter!("c360_requests_total", "webhook" => webhook.to_owned(), "status" => status.to_string()).increment(1);
+}
+
+pub fn signature_failure(webhook: &str, reason: &'static str) {
+    counter!("c360_signature_failures_total", "webhook" => webhook.to_owned(), "reason" => reason)
+        .increment(1);
+}
+
+pub fn events_published(sink: &str, topic: &str, n: u64) {
+    counter!("c360_events_published_total", "sink" => sink.to_owned(), "topic" => topic.to_owned())
+        .increment(n);
+}
+
+pub fn publish_failure(sink: &str, reason: &'static str) {
+    counter!("c360_publish_failures_total", "sink" => sink.to_owned(), "reason" => reason)
+        .increment(1);
+}
+
+pub fn publish_latency(d: Duration) {
+    histogram!("c360_publish_seconds").record(d.as_secs_f64());
+}
+
+pub fn ledger_skip(sink: &str) {
+    counter!("c360_ledger_skips_total", "sink" => sink.to_owned()).increment(1);
+}
+
+pub fn unrouted(event_class: &str) {
+    counter!("c360_events_unrouted_total", "event_class" => event_class.to_owned()).increment(1);
+}
+
+pub fn sink_ready(sink: &str, ready: bool) {
+    gauge!("c360_sink_ready", "sink" => sink.to_owned()).set(if ready { 1.0 } else { 0.0 });
+}
+
+/// Counts a batch in `c360_batches_in_flight` for as long as it lives.
+pub struct InFlight;
+
+impl InFlight {
+    pub fn enter() -> Self {
+        gauge!("c360_batches_in_flight").increment(1.0);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        gauge!("c360_batches_in_flight").decrement(1.0);
+    }
+}
