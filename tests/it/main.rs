@@ -1,1 +1,4 @@
-fn main() {}
+//! The integration suite (one binary, so librdkafka is linked once): real tansu and RabbitMQ.
+
+mod harness;
+mod kafka;

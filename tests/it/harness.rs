@@ -1,0 +1,225 @@
+//! Test harness: a bridge served on port 0 from a TOML string, and real consumers for what it
+//! published (rdkafka assigned from offset 0; lapin `basic_get` on a bound queue).
+
+use c360_bridge::{App, config, signature};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message as _};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+pub const RABBIT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// The Kafka-protocol broker of the suite (tansu started by scripts/test.sh).
+pub fn kafka() -> String {
+    std::env::var("C360_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// Panics (fails the test) when nothing listens on `addr`: a test never skips its broker.
+pub fn require(addr: &str, what: &str) {
+    let ok = addr
+        .parse::<SocketAddr>()
+        .ok()
+        .and_then(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).ok())
+        .is_some();
+    assert!(ok, "{what} is not reachable on {addr}: start it with scripts/brokers.sh start (scripts/test.sh does)");
+}
+
+/// A name no other test uses (topics, exchanges, queues, webhooks).
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Serialises tests that disturb a shared broker (stop it, block it) against all others.
+pub static SHARED_BROKERS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// A bridge running in this process on an ephemeral port.
+pub struct Bridge {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Bridge {
+    /// Starts a bridge from a TOML configuration (written to a temp file, loaded like `serve`).
+    pub async fn start(toml: &str) -> Bridge {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bridge.toml");
+        std::fs::write(&path, toml).expect("write config");
+        let config = config::load(Some(&path)).expect("test config loads");
+        Self::from_app(App::build(config, Some(&path)).expect("app builds")).await
+    }
+
+    pub async fn from_app(app: App) -> Bridge {
+        let app = Arc::new(app);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(c360_bridge::serve(app.clone(), listener, None, async {
+            let _ = rx.await;
+        }));
+        let bridge = Bridge { addr, app, stop: Some(tx), task: Some(task) };
+        bridge.wait_ready(Duration::from_secs(20)).await;
+        bridge
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Waits until /readyz says every sink is ready.
+    pub async fn wait_ready(&self, within: Duration) {
+        let until = Instant::now() + within;
+        loop {
+            let r = reqwest::get(self.url("/readyz")).await;
+            if matches!(&r, Ok(r) if r.status() == 200) {
+                return;
+            }
+            assert!(Instant::now() < until, "bridge not ready within {within:?}: {:?}", r.map(|r| r.status()));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops like SIGTERM would and waits until `serve` returned.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("serve task").expect("serve ends cleanly");
+        }
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The answer to a POST: status, headers we look at, JSON body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub json: serde_json::Value,
+}
+
+/// POSTs `body` signed with `key` (no signature header when `key` is `None`).
+pub async fn post(url: &str, body: &[u8], key: Option<&str>) -> Reply {
+    let mut req = reqwest::Client::new().post(url).header("content-type", "application/json").body(body.to_vec());
+    if let Some(k) = key {
+        req = req.header("x-c360-signature", signature::sign(k.as_bytes(), body));
+    }
+    reply(req).await
+}
+
+pub async fn reply(req: reqwest::RequestBuilder) -> Reply {
+    let resp = req.send().await.expect("bridge answers");
+    let status = resp.status().as_u16();
+    let retry_after = resp.headers().get("retry-after").map(|v| v.to_str().unwrap_or("").to_owned());
+    let text = resp.text().await.expect("body");
+    let json = if text.is_empty() { serde_json::Value::Null } else { serde_json::from_str(&text).expect("JSON body") };
+    Reply { status, retry_after, json }
+}
+
+/// A batch body from event JSON texts, joined exactly as given.
+pub fn batch(events: &[String]) -> Vec<u8> {
+    format!("{{\"events\":[{}]}}", events.join(",")).into_bytes()
+}
+
+/// One event of `class` with record id `id`, as catalog360 would send an update.
+pub fn event(class: &str, id: &str) -> String {
+    let payload_class = class.rsplit_once('_').map_or(class, |(p, _)| p);
+    format!(
+        r#"{{"event_class":"{class}","payload_class":"{payload_class}","payload":{{"old":{{"id":"{id}","rev":1}},"new":{{"id":"{id}","rev":2,"note":"caf\u00e9 \"x\" 12345678901234567890123"}}}}}}"#
+    )
+}
+
+// ---------------------------------------------------------------- Kafka
+
+pub async fn create_topics(bootstrap: &str, topics: &[String], partitions: i32) {
+    require(bootstrap, "the Kafka broker");
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("admin client");
+    let new: Vec<NewTopic> = topics.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin.create_topics(&new, &opts).await.expect("create_topics");
+    for r in results {
+        if let Err((t, e)) = r {
+            assert_eq!(e, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists, "creating {t}: {e}");
+        }
+    }
+}
+
+/// One consumed Kafka record.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Reads every record of `topic` from offset 0 until each partition reports its end.
+///
+/// Ends on librdkafka's partition-EOF events rather than on ListOffsets watermarks: tansu 0.6
+/// reports a high watermark that counts record batches, not records.
+pub async fn consume(bootstrap: &str, topic: &str, partitions: i32) -> Vec<Record> {
+    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || consume_blocking(&bootstrap, &topic, partitions)).await.expect("consumer thread")
+}
+
+fn consume_blocking(bootstrap: &str, topic: &str, partitions: i32) -> Vec<Record> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("it-reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("offset");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let mut at_end = std::collections::BTreeSet::new();
+    let until = Instant::now() + Duration::from_secs(20);
+    while at_end.len() < partitions as usize {
+        assert!(Instant::now() < until, "{topic}: only partitions {at_end:?} reached their end");
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => out.push(record(&m)),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => panic!("consuming {topic}: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+fn record(m: &rdkafka::message::BorrowedMessage) -> Record {
+    Record {
+        topic: m.topic().to_owned(),
+        partition: m.partition(),
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().unwrap_or_default().to_vec(),
+        headers: m
+            .headers()
+            .map(|h| h.iter().map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+            .unwrap_or_default(),
+    }
+}
