@@ -54,6 +54,9 @@ struct Head<'a> {
 
 /// Splits `body` into its events; other top-level fields are ignored.
 pub fn split(body: &[u8], max_events: usize) -> Result<Vec<Event<'_>>, EnvelopeError> {
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(EnvelopeError::NotJson("expected a JSON object".into()));
+    }
     let env: Envelope =
         serde_json::from_slice(body).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
     let events = env.events.ok_or(EnvelopeError::NoEvents)?;
