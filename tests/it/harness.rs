@@ -28,13 +28,20 @@ pub fn require(addr: &str, what: &str) {
         .ok()
         .and_then(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).ok())
         .is_some();
-    assert!(ok, "{what} is not reachable on {addr}: start it with scripts/brokers.sh start (scripts/test.sh does)");
+    assert!(
+        ok,
+        "{what} is not reachable on {addr}: start it with scripts/brokers.sh start (scripts/test.sh does)"
+    );
 }
 
 /// A name no other test uses (topics, exchanges, queues, webhooks).
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Serialises tests that disturb a shared broker (stop it, block it) against all others.
@@ -60,13 +67,20 @@ impl Bridge {
 
     pub async fn from_app(app: App) -> Bridge {
         let app = Arc::new(app);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(c360_bridge::serve(app.clone(), listener, None, async {
             let _ = rx.await;
         }));
-        let bridge = Bridge { addr, app, stop: Some(tx), task: Some(task) };
+        let bridge = Bridge {
+            addr,
+            app,
+            stop: Some(tx),
+            task: Some(task),
+        };
         bridge.wait_ready(Duration::from_secs(20)).await;
         bridge
     }
@@ -83,7 +97,11 @@ impl Bridge {
             if matches!(&r, Ok(r) if r.status() == 200) {
                 return;
             }
-            assert!(Instant::now() < until, "bridge not ready within {within:?}: {:?}", r.map(|r| r.status()));
+            assert!(
+                Instant::now() < until,
+                "bridge not ready within {within:?}: {:?}",
+                r.map(|r| r.status())
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -117,7 +135,10 @@ pub struct Reply {
 
 /// POSTs `body` signed with `key` (no signature header when `key` is `None`).
 pub async fn post(url: &str, body: &[u8], key: Option<&str>) -> Reply {
-    let mut req = reqwest::Client::new().post(url).header("content-type", "application/json").body(body.to_vec());
+    let mut req = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_vec());
     if let Some(k) = key {
         req = req.header("x-c360-signature", signature::sign(k.as_bytes(), body));
     }
@@ -127,10 +148,21 @@ pub async fn post(url: &str, body: &[u8], key: Option<&str>) -> Reply {
 pub async fn reply(req: reqwest::RequestBuilder) -> Reply {
     let resp = req.send().await.expect("bridge answers");
     let status = resp.status().as_u16();
-    let retry_after = resp.headers().get("retry-after").map(|v| v.to_str().unwrap_or("").to_owned());
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap_or("").to_owned());
     let text = resp.text().await.expect("body");
-    let json = if text.is_empty() { serde_json::Value::Null } else { serde_json::from_str(&text).expect("JSON body") };
-    Reply { status, retry_after, json }
+    let json = if text.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).expect("JSON body")
+    };
+    Reply {
+        status,
+        retry_after,
+        json,
+    }
 }
 
 /// A batch body from event JSON texts, joined exactly as given.
@@ -150,14 +182,26 @@ pub fn event(class: &str, id: &str) -> String {
 
 pub async fn create_topics(bootstrap: &str, topics: &[String], partitions: i32) {
     require(bootstrap, "the Kafka broker");
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("admin client");
-    let new: Vec<NewTopic> = topics.iter().map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1))).collect();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let results = admin.create_topics(&new, &opts).await.expect("create_topics");
+    let results = admin
+        .create_topics(&new, &opts)
+        .await
+        .expect("create_topics");
     for r in results {
         if let Err((t, e)) = r {
-            assert_eq!(e, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists, "creating {t}: {e}");
+            assert_eq!(
+                e,
+                rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists,
+                "creating {t}: {e}"
+            );
         }
     }
 }
@@ -178,7 +222,9 @@ pub struct Record {
 /// reports a high watermark that counts record batches, not records.
 pub async fn consume(bootstrap: &str, topic: &str, partitions: i32) -> Vec<Record> {
     let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
-    tokio::task::spawn_blocking(move || consume_blocking(&bootstrap, &topic, partitions)).await.expect("consumer thread")
+    tokio::task::spawn_blocking(move || consume_blocking(&bootstrap, &topic, partitions))
+        .await
+        .expect("consumer thread")
 }
 
 fn consume_blocking(bootstrap: &str, topic: &str, partitions: i32) -> Vec<Record> {
@@ -191,14 +237,18 @@ fn consume_blocking(bootstrap: &str, topic: &str, partitions: i32) -> Vec<Record
         .expect("consumer");
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("offset");
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("offset");
     }
     consumer.assign(&tpl).expect("assign");
     let mut out = Vec::new();
     let mut at_end = std::collections::BTreeSet::new();
     let until = Instant::now() + Duration::from_secs(20);
     while at_end.len() < partitions as usize {
-        assert!(Instant::now() < until, "{topic}: only partitions {at_end:?} reached their end");
+        assert!(
+            Instant::now() < until,
+            "{topic}: only partitions {at_end:?} reached their end"
+        );
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => out.push(record(&m)),
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
@@ -219,7 +269,161 @@ fn record(m: &rdkafka::message::BorrowedMessage) -> Record {
         payload: m.payload().unwrap_or_default().to_vec(),
         headers: m
             .headers()
-            .map(|h| h.iter().map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+            .map(|h| {
+                h.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
             .unwrap_or_default(),
     }
+}
+
+// ---------------------------------------------------------------- RabbitMQ
+
+use lapin::options::{
+    BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+
+/// A test's own queue, bound to an exchange, read with `basic_get`.
+pub struct Queue {
+    pub name: String,
+    _conn: lapin::Connection,
+    channel: lapin::Channel,
+}
+
+/// A consumed AMQP message.
+#[derive(Debug)]
+pub struct Amqp {
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    pub delivery_mode: Option<u8>,
+    pub content_type: Option<String>,
+    pub message_id: Option<String>,
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Queue {
+    /// Declares `exchange` (durable topic, as the bridge does) and a queue bound with `bindings`.
+    pub async fn bind(exchange: &str, bindings: &[&str], arguments: FieldTable) -> Queue {
+        require("127.0.0.1:5672", "RabbitMQ");
+        let conn = lapin::Connection::connect(RABBIT_URL, lapin::ConnectionProperties::default())
+            .await
+            .expect("amqp connect");
+        let channel = conn.create_channel().await.expect("channel");
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .exchange_declare(
+                exchange.into(),
+                lapin::ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await
+            .expect("exchange");
+        let name = unique("q");
+        let opts = QueueDeclareOptions {
+            auto_delete: true,
+            ..Default::default()
+        };
+        channel
+            .queue_declare(name.as_str().into(), opts, arguments)
+            .await
+            .expect("queue");
+        let q = Queue {
+            name,
+            _conn: conn,
+            channel,
+        };
+        for b in bindings {
+            q.add_binding(exchange, b).await;
+        }
+        q
+    }
+
+    pub async fn add_binding(&self, exchange: &str, key: &str) {
+        self.channel
+            .queue_bind(
+                self.name.as_str().into(),
+                exchange.into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind");
+    }
+
+    /// Takes every message now in the queue.
+    pub async fn drain(&self) -> Vec<Amqp> {
+        let mut out = Vec::new();
+        let opts = BasicGetOptions { no_ack: true };
+        while let Some(m) = self
+            .channel
+            .basic_get(self.name.as_str().into(), opts)
+            .await
+            .expect("basic_get")
+        {
+            let d = m.delivery;
+            let p = &d.properties;
+            out.push(Amqp {
+                routing_key: d.routing_key.to_string(),
+                body: d.data.clone(),
+                delivery_mode: *p.delivery_mode(),
+                content_type: p.content_type().as_ref().map(|s| s.to_string()),
+                message_id: p.message_id().as_ref().map(|s| s.to_string()),
+                headers: p
+                    .headers()
+                    .as_ref()
+                    .map(|t| {
+                        t.inner()
+                            .iter()
+                            .map(|(k, v)| {
+                                let v = match v {
+                                    AMQPValue::LongString(s) => {
+                                        String::from_utf8_lossy(s.as_bytes()).into_owned()
+                                    }
+                                    other => format!("{other:?}"),
+                                };
+                                (k.to_string(), v)
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            });
+        }
+        out
+    }
+}
+
+/// Queue arguments that make RabbitMQ nack every publish routed to the queue.
+pub fn reject_everything() -> FieldTable {
+    let mut t = FieldTable::default();
+    t.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
+    t.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    t
+}
+
+/// Runs `rabbitmqctl ARGS`, failing the test if it fails.
+pub fn rabbitmqctl(args: &[&str]) {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -35,7 +35,10 @@ async fn bridge_with_topics(classes: &[&str]) -> (Bridge, String) {
     let prefix = unique("k");
     let topics: Vec<String> = classes.iter().map(|c| format!("{prefix}.{c}")).collect();
     create_topics(&kafka(), &topics, 3).await;
-    (Bridge::start(&config(&prefix, &kafka(), "10s")).await, prefix)
+    (
+        Bridge::start(&config(&prefix, &kafka(), "10s")).await,
+        prefix,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,7 +50,10 @@ async fn every_event_lands_once_with_exact_bytes_headers_and_key() {
     let e3 = event("task_created", "t-2");
     let body = format!("{{\"sent_at\": \"now\", \"events\": [ {e1} ,\n{e2},{e3}] }}");
     let r = post(&bridge.url("/hook"), body.as_bytes(), Some(KEY)).await;
-    assert_eq!((r.status, r.json.clone()), (200, serde_json::json!({"accepted": 3})));
+    assert_eq!(
+        (r.status, r.json.clone()),
+        (200, serde_json::json!({"accepted": 3}))
+    );
 
     let tasks = consume(&kafka(), &format!("{prefix}.task_created"), 3).await;
     let assets = consume(&kafka(), &format!("{prefix}.assetitem_updated"), 3).await;
@@ -57,11 +63,17 @@ async fn every_event_lands_once_with_exact_bytes_headers_and_key() {
     assert_eq!(a.payload, e2.as_bytes(), "body is the event byte for byte");
     assert_eq!(a.key.as_deref(), Some(&b"12345678901234567890123"[..]));
     assert_eq!(a.headers["c360-event-class"], "assetitem_updated");
-    assert!(!a.headers.contains_key("c360-payload-class"), "absent payload_class → no header");
+    assert!(
+        !a.headers.contains_key("c360-payload-class"),
+        "absent payload_class → no header"
+    );
     assert_eq!(a.headers["c360-webhook"], format!("{prefix}-wh"));
     assert_eq!(a.headers["content-type"], "application/json");
     let id = &a.headers["c360-event-id"];
-    assert!(id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()), "event id {id}");
+    assert!(
+        id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "event id {id}"
+    );
 
     let mut bodies: Vec<&[u8]> = tasks.iter().map(|t| &t.payload[..]).collect();
     bodies.sort();
@@ -79,24 +91,45 @@ async fn every_event_lands_once_with_exact_bytes_headers_and_key() {
 async fn a_resent_batch_is_not_published_twice_and_ids_are_stable() {
     let _shared = SHARED_BROKERS.read().await;
     let (bridge, prefix) = bridge_with_topics(&["task_updated"]).await;
-    let body = batch(&[event("task_updated", "a"), event("task_updated", "b"), event("task_updated", "a")]);
+    let body = batch(&[
+        event("task_updated", "a"),
+        event("task_updated", "b"),
+        event("task_updated", "a"),
+    ]);
     for _ in 0..2 {
         let r = post(&bridge.url("/hook"), &body, Some(KEY)).await;
         assert_eq!(r.status, 200, "{:?}", r.json);
     }
     let topic = format!("{prefix}.task_updated");
     let first = consume(&kafka(), &topic, 3).await;
-    assert_eq!(first.len(), 3, "the resend was skipped by the ledger; identical events both kept");
-    let ids: std::collections::BTreeSet<_> = first.iter().map(|r| r.headers["c360-event-id"].clone()).collect();
-    assert_eq!(ids.len(), 3, "two identical events in one batch still get distinct ids: {ids:?}");
+    assert_eq!(
+        first.len(),
+        3,
+        "the resend was skipped by the ledger; identical events both kept"
+    );
+    let ids: std::collections::BTreeSet<_> = first
+        .iter()
+        .map(|r| r.headers["c360-event-id"].clone())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        3,
+        "two identical events in one batch still get distinct ids: {ids:?}"
+    );
 
     // A second bridge (no shared ledger, like a restart) publishes again, with the same ids.
     bridge.shutdown().await;
     let again = Bridge::start(&config(&prefix, &kafka(), "10s")).await;
-    assert_eq!(post(&again.url("/hook"), &body, Some(KEY)).await.status, 200);
+    assert_eq!(
+        post(&again.url("/hook"), &body, Some(KEY)).await.status,
+        200
+    );
     let all = consume(&kafka(), &topic, 3).await;
     assert_eq!(all.len(), 6);
-    let ids2: std::collections::BTreeSet<_> = all.iter().map(|r| r.headers["c360-event-id"].clone()).collect();
+    let ids2: std::collections::BTreeSet<_> = all
+        .iter()
+        .map(|r| r.headers["c360-event-id"].clone())
+        .collect();
     assert_eq!(ids, ids2, "consumers can dedupe on c360-event-id");
 }
 
@@ -106,45 +139,114 @@ async fn every_rejection_publishes_nothing() {
     let (bridge, prefix) = bridge_with_topics(&["task_created"]).await;
     let url = bridge.url("/hook");
     let good = batch(&[event("task_created", "x")]);
-    let six = batch(&(0..6).map(|i| event("task_created", &i.to_string())).collect::<Vec<_>>());
+    let six = batch(
+        &(0..6)
+            .map(|i| event("task_created", &i.to_string()))
+            .collect::<Vec<_>>(),
+    );
     let big = batch(&[event("task_created", &"y".repeat(5000))]);
     let cases: Vec<(&str, Vec<u8>, Option<&str>, u16, &str)> = vec![
         ("no signature", good.clone(), None, 401, "signature_missing"),
-        ("wrong key", good.clone(), Some("other-key"), 401, "signature_mismatch"),
-        ("test key with events", good.clone(), Some("test-webhook"), 401, "test_key_with_events"),
+        (
+            "wrong key",
+            good.clone(),
+            Some("other-key"),
+            401,
+            "signature_mismatch",
+        ),
+        (
+            "test key with events",
+            good.clone(),
+            Some("test-webhook"),
+            401,
+            "test_key_with_events",
+        ),
         ("too large", big, Some(KEY), 413, "body_too_large"),
-        ("not JSON", b"{\"events\": [".to_vec(), Some(KEY), 400, "invalid_json"),
-        ("no events array", b"{\"event\": []}".to_vec(), Some(KEY), 400, "no_events_array"),
+        (
+            "not JSON",
+            b"{\"events\": [".to_vec(),
+            Some(KEY),
+            400,
+            "invalid_json",
+        ),
+        (
+            "no events array",
+            b"{\"event\": []}".to_vec(),
+            Some(KEY),
+            400,
+            "no_events_array",
+        ),
         ("too many events", six, Some(KEY), 400, "too_many_events"),
-        ("event 1 without class", batch(&[event("task_created", "x"), "{\"payload\":{}}".into()]), Some(KEY), 400, "invalid_event"),
+        (
+            "event 1 without class",
+            batch(&[event("task_created", "x"), "{\"payload\":{}}".into()]),
+            Some(KEY),
+            400,
+            "invalid_event",
+        ),
     ];
     for (what, body, key, status, code) in cases {
         let r = post(&url, &body, key).await;
         assert_eq!(r.status, status, "{what}: {:?}", r.json);
         assert_eq!(r.json["error"], code, "{what}");
-        assert!(r.json["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}");
+        assert!(
+            r.json["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{what}"
+        );
     }
-    let r = post(&url, &batch(&[event("task_created", "x"), "{\"payload\":{}}".into()]), Some(KEY)).await;
-    assert!(r.json["message"].as_str().unwrap().contains("event 1"), "names the index: {:?}", r.json);
-
-    let malformed = reply(
-        reqwest::Client::new().post(&url).header("x-c360-signature", "%%%not-base64").body(good.clone()),
+    let r = post(
+        &url,
+        &batch(&[event("task_created", "x"), "{\"payload\":{}}".into()]),
+        Some(KEY),
     )
     .await;
-    assert_eq!((malformed.status, malformed.json["error"].as_str()), (401, Some("signature_malformed")));
+    assert!(
+        r.json["message"].as_str().unwrap().contains("event 1"),
+        "names the index: {:?}",
+        r.json
+    );
+
+    let malformed = reply(
+        reqwest::Client::new()
+            .post(&url)
+            .header("x-c360-signature", "%%%not-base64")
+            .body(good.clone()),
+    )
+    .await;
+    assert_eq!(
+        (malformed.status, malformed.json["error"].as_str()),
+        (401, Some("signature_malformed"))
+    );
 
     let hex_sig = hex_signature(KEY, &good);
-    let hexed = reply(reqwest::Client::new().post(&url).header("x-c360-signature", hex_sig).body(good.clone())).await;
+    let hexed = reply(
+        reqwest::Client::new()
+            .post(&url)
+            .header("x-c360-signature", hex_sig)
+            .body(good.clone()),
+    )
+    .await;
     assert_eq!(hexed.status, 401, "a hex signature is refused");
 
     let ping = post(&url, b"{\"events\": []}", Some("test-webhook")).await;
-    assert_eq!((ping.status, ping.json.clone()), (200, serde_json::json!({"accepted": 0})));
+    assert_eq!(
+        (ping.status, ping.json.clone()),
+        (200, serde_json::json!({"accepted": 0}))
+    );
     let head = reqwest::Client::new().head(&url).send().await.unwrap();
     assert_eq!(head.status(), 200);
     let get = reply(reqwest::Client::new().get(&url)).await;
-    assert_eq!((get.status, get.json["error"].as_str()), (405, Some("method_not_allowed")));
+    assert_eq!(
+        (get.status, get.json["error"].as_str()),
+        (405, Some("method_not_allowed"))
+    );
 
-    assert!(consume(&kafka(), &format!("{prefix}.task_created"), 3).await.is_empty(), "nothing was published");
+    assert!(
+        consume(&kafka(), &format!("{prefix}.task_created"), 3)
+            .await
+            .is_empty(),
+        "nothing was published"
+    );
 }
 
 fn hex_signature(key: &str, body: &[u8]) -> String {
@@ -159,7 +261,12 @@ async fn the_previous_key_still_verifies_during_rotation() {
     let _shared = SHARED_BROKERS.read().await;
     let (bridge, prefix) = bridge_with_topics(&["shipment_created"]).await;
     let body = batch(&[event("shipment_created", "s1")]);
-    assert_eq!(post(&bridge.url("/hook"), &body, Some("previous-key")).await.status, 200);
+    assert_eq!(
+        post(&bridge.url("/hook"), &body, Some("previous-key"))
+            .await
+            .status,
+        200
+    );
     let got = consume(&kafka(), &format!("{prefix}.shipment_created"), 3).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].payload, event("shipment_created", "s1").as_bytes());
@@ -169,7 +276,15 @@ async fn the_previous_key_still_verifies_during_rotation() {
 async fn several_webhooks_in_one_process_keep_their_own_keys() {
     let _shared = SHARED_BROKERS.read().await;
     let prefix = unique("multi");
-    create_topics(&kafka(), &[format!("{prefix}.a.task_created"), format!("{prefix}.b.task_created")], 1).await;
+    create_topics(
+        &kafka(),
+        &[
+            format!("{prefix}.a.task_created"),
+            format!("{prefix}.b.task_created"),
+        ],
+        1,
+    )
+    .await;
     let toml = format!(
         r#"
 [[webhooks]]
@@ -193,14 +308,34 @@ topic = "{prefix}.{{webhook}}.{{event_class}}"
     );
     let bridge = Bridge::start(&toml).await;
     let body = batch(&[event("task_created", "1")]);
-    assert_eq!(post(&bridge.url("/a"), &body, Some("key-b")).await.status, 401);
-    assert_eq!(post(&bridge.url("/b"), b"{\"events\":[]}", Some("test-webhook")).await.status, 401);
-    assert_eq!(post(&bridge.url("/a"), &body, Some("key-a")).await.status, 200);
-    assert_eq!(post(&bridge.url("/b"), &body, Some("key-b")).await.status, 200);
+    assert_eq!(
+        post(&bridge.url("/a"), &body, Some("key-b")).await.status,
+        401
+    );
+    assert_eq!(
+        post(&bridge.url("/b"), b"{\"events\":[]}", Some("test-webhook"))
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        post(&bridge.url("/a"), &body, Some("key-a")).await.status,
+        200
+    );
+    assert_eq!(
+        post(&bridge.url("/b"), &body, Some("key-b")).await.status,
+        200
+    );
     let a = consume(&kafka(), &format!("{prefix}.a.task_created"), 1).await;
     let b = consume(&kafka(), &format!("{prefix}.b.task_created"), 1).await;
     assert_eq!((a.len(), b.len()), (1, 1));
-    assert_eq!((a[0].headers["c360-webhook"].as_str(), b[0].headers["c360-webhook"].as_str()), ("a", "b"));
+    assert_eq!(
+        (
+            a[0].headers["c360-webhook"].as_str(),
+            b[0].headers["c360-webhook"].as_str()
+        ),
+        ("a", "b")
+    );
     assert_eq!(a[0].key, None, "no key configured → no key");
 }
 
@@ -211,10 +346,19 @@ async fn a_topic_the_broker_refuses_gets_503_with_retry_after_before_the_deadlin
     // The topics are never created: tansu refuses to produce to them.
     let bridge = Bridge::start(&config(&prefix, &kafka(), "2s")).await;
     let started = Instant::now();
-    let r = post(&bridge.url("/hook"), &batch(&[event("task_created", "1")]), Some(KEY)).await;
+    let r = post(
+        &bridge.url("/hook"),
+        &batch(&[event("task_created", "1")]),
+        Some(KEY),
+    )
+    .await;
     assert_eq!(r.status, 503, "{:?}", r.json);
     assert_eq!(r.retry_after.as_deref(), Some("5"));
-    assert!(started.elapsed() < Duration::from_secs(2), "answered in {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered in {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,15 +367,30 @@ async fn an_unreachable_cluster_fails_fast_and_reports_not_ready() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
     std::fs::write(&path, toml).unwrap();
-    let app = c360_bridge::App::build(c360_bridge::config::load(Some(&path)).unwrap(), None).unwrap();
+    let app =
+        c360_bridge::App::build(c360_bridge::config::load(Some(&path)).unwrap(), None).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(c360_bridge::serve(std::sync::Arc::new(app), listener, None, std::future::pending()));
+    tokio::spawn(c360_bridge::serve(
+        std::sync::Arc::new(app),
+        listener,
+        None,
+        std::future::pending(),
+    ));
     let ready = reply(reqwest::Client::new().get(format!("http://{addr}/readyz"))).await;
     assert_eq!(ready.status, 503);
     assert_eq!(ready.json["sinks"]["kafka"]["ready"], false);
     let started = Instant::now();
-    let r = post(&format!("http://{addr}/hook"), &batch(&[event("task_created", "1")]), Some(KEY)).await;
+    let r = post(
+        &format!("http://{addr}/hook"),
+        &batch(&[event("task_created", "1")]),
+        Some(KEY),
+    )
+    .await;
     assert_eq!(r.status, 503);
-    assert!(started.elapsed() < Duration::from_secs(1), "fails fast, took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "fails fast, took {:?}",
+        started.elapsed()
+    );
 }
