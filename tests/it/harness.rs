@@ -290,11 +290,10 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 
-/// A test's own queue, bound to an exchange, read with `basic_get`.
+/// A test's own durable queue (expiring when unused), bound to an exchange, read with
+/// `basic_get`. Every call opens its own connection, so broker restarts do not break it.
 pub struct Queue {
     pub name: String,
-    _conn: lapin::Connection,
-    channel: lapin::Channel,
 }
 
 /// A consumed AMQP message.
@@ -308,14 +307,19 @@ pub struct Amqp {
     pub headers: BTreeMap<String, String>,
 }
 
+async fn amqp_channel() -> (lapin::Connection, lapin::Channel) {
+    require("127.0.0.1:5672", "RabbitMQ");
+    let conn = lapin::Connection::connect(RABBIT_URL, lapin::ConnectionProperties::default())
+        .await
+        .expect("amqp connect");
+    let channel = conn.create_channel().await.expect("channel");
+    (conn, channel)
+}
+
 impl Queue {
     /// Declares `exchange` (durable topic, as the bridge does) and a queue bound with `bindings`.
-    pub async fn bind(exchange: &str, bindings: &[&str], arguments: FieldTable) -> Queue {
-        require("127.0.0.1:5672", "RabbitMQ");
-        let conn = lapin::Connection::connect(RABBIT_URL, lapin::ConnectionProperties::default())
-            .await
-            .expect("amqp connect");
-        let channel = conn.create_channel().await.expect("channel");
+    pub async fn bind(exchange: &str, bindings: &[&str], mut arguments: FieldTable) -> Queue {
+        let (_conn, channel) = amqp_channel().await;
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..Default::default()
@@ -330,19 +334,16 @@ impl Queue {
             .await
             .expect("exchange");
         let name = unique("q");
+        arguments.insert("x-expires".into(), AMQPValue::LongLongInt(600_000));
         let opts = QueueDeclareOptions {
-            auto_delete: true,
+            durable: true,
             ..Default::default()
         };
         channel
             .queue_declare(name.as_str().into(), opts, arguments)
             .await
             .expect("queue");
-        let q = Queue {
-            name,
-            _conn: conn,
-            channel,
-        };
+        let q = Queue { name };
         for b in bindings {
             q.add_binding(exchange, b).await;
         }
@@ -350,7 +351,8 @@ impl Queue {
     }
 
     pub async fn add_binding(&self, exchange: &str, key: &str) {
-        self.channel
+        let (_conn, channel) = amqp_channel().await;
+        channel
             .queue_bind(
                 self.name.as_str().into(),
                 exchange.into(),
@@ -364,43 +366,42 @@ impl Queue {
 
     /// Takes every message now in the queue.
     pub async fn drain(&self) -> Vec<Amqp> {
+        let (_conn, channel) = amqp_channel().await;
         let mut out = Vec::new();
         let opts = BasicGetOptions { no_ack: true };
-        while let Some(m) = self
-            .channel
+        while let Some(m) = channel
             .basic_get(self.name.as_str().into(), opts)
             .await
             .expect("basic_get")
         {
-            let d = m.delivery;
-            let p = &d.properties;
-            out.push(Amqp {
-                routing_key: d.routing_key.to_string(),
-                body: d.data.clone(),
-                delivery_mode: *p.delivery_mode(),
-                content_type: p.content_type().as_ref().map(|s| s.to_string()),
-                message_id: p.message_id().as_ref().map(|s| s.to_string()),
-                headers: p
-                    .headers()
-                    .as_ref()
-                    .map(|t| {
-                        t.inner()
-                            .iter()
-                            .map(|(k, v)| {
-                                let v = match v {
-                                    AMQPValue::LongString(s) => {
-                                        String::from_utf8_lossy(s.as_bytes()).into_owned()
-                                    }
-                                    other => format!("{other:?}"),
-                                };
-                                (k.to_string(), v)
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            });
+            out.push(amqp(m.delivery));
         }
         out
+    }
+}
+
+fn amqp(d: lapin::message::Delivery) -> Amqp {
+    let p = &d.properties;
+    let header = |v: &AMQPValue| match v {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        other => format!("{other:?}"),
+    };
+    Amqp {
+        routing_key: d.routing_key.to_string(),
+        body: d.data.clone(),
+        delivery_mode: *p.delivery_mode(),
+        content_type: p.content_type().as_ref().map(|s| s.to_string()),
+        message_id: p.message_id().as_ref().map(|s| s.to_string()),
+        headers: p
+            .headers()
+            .as_ref()
+            .map(|t| {
+                t.inner()
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), header(v)))
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 
@@ -426,4 +427,187 @@ pub fn rabbitmqctl(args: &[&str]) {
         "rabbitmqctl {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+// ---------------------------------------------------------------- load and conservation
+
+/// One POSTed batch and what the bridge answered.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub events: Vec<String>,
+    pub status: u16,
+}
+
+/// Posts batches of `size` unique `class` events from `workers` concurrent senders until
+/// `stop` is cancelled (or `max_batches` is reached).
+pub async fn load_until(
+    url: String,
+    key: &'static str,
+    class: &'static str,
+    size: usize,
+    workers: usize,
+    max_batches: usize,
+    stop: tokio_util::sync::CancellationToken,
+) -> Vec<Sent> {
+    let next = Arc::new(AtomicU32::new(0));
+    let tag = unique("load");
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let (url, stop, next, tag) = (url.clone(), stop.clone(), next.clone(), tag.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client");
+            let mut sent = Vec::new();
+            while !stop.is_cancelled() {
+                let n = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if n >= max_batches {
+                    break;
+                }
+                let events: Vec<String> = (0..size)
+                    .map(|i| event(class, &format!("{tag}-{n}-{i}")))
+                    .collect();
+                let body = batch(&events);
+                let sig = signature::sign(key.as_bytes(), &body);
+                let status = match client
+                    .post(&url)
+                    .header("x-c360-signature", sig)
+                    .body(body)
+                    .send()
+                    .await
+                {
+                    Ok(r) => r.status().as_u16(),
+                    Err(_) => 0,
+                };
+                if status != 200 {
+                    // Like catalog360, come back later rather than hammer a failing bridge.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                sent.push(Sent { events, status });
+            }
+            sent
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("load worker"));
+    }
+    all
+}
+
+/// The conservation tally of a run: batches, 200s, events lost, duplicates seen.
+#[derive(Debug)]
+pub struct Tally {
+    pub batches: usize,
+    pub ok: usize,
+    pub lost: usize,
+    pub duplicates: usize,
+    pub failed_events: usize,
+}
+
+/// Checks that every event of every 200 was consumed, and that duplicates stay within the
+/// events of failed attempts; prints one row for the fault table.
+pub fn conservation(scenario: &str, sent: &[Sent], consumed: &[Vec<u8>]) -> Tally {
+    let mut seen: std::collections::HashMap<&[u8], usize> = std::collections::HashMap::new();
+    for c in consumed {
+        *seen.entry(c.as_slice()).or_default() += 1;
+    }
+    let ok: Vec<&Sent> = sent.iter().filter(|s| s.status == 200).collect();
+    let lost = ok
+        .iter()
+        .flat_map(|s| &s.events)
+        .filter(|e| !seen.contains_key(e.as_bytes()))
+        .count();
+    let duplicates = seen.values().map(|n| n - 1).sum();
+    let failed_events = sent
+        .iter()
+        .filter(|s| s.status != 200)
+        .map(|s| s.events.len())
+        .sum();
+    let t = Tally {
+        batches: sent.len(),
+        ok: ok.len(),
+        lost,
+        duplicates,
+        failed_events,
+    };
+    eprintln!(
+        "FAULT-TABLE | {scenario} | batches {} | 200s {} | lost {} | duplicates {} | events of failed attempts {}",
+        t.batches, t.ok, t.lost, t.duplicates, t.failed_events
+    );
+    assert_eq!(t.lost, 0, "{scenario}: events of a 200 are missing");
+    assert!(
+        t.duplicates <= t.failed_events,
+        "{scenario}: more duplicates than events of failed attempts: {t:?}"
+    );
+    t
+}
+
+// ---------------------------------------------------------------- a tansu of a test's own
+
+/// A tansu broker with sqlite storage on its own port, which a test may kill and restart.
+pub struct Tansu {
+    pub addr: String,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl Tansu {
+    pub async fn start_sqlite() -> Tansu {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let mut t = Tansu {
+            addr: format!("127.0.0.1:{port}"),
+            dir: tempfile::tempdir().expect("tempdir"),
+            child: None,
+        };
+        t.spawn().await;
+        t
+    }
+
+    async fn spawn(&mut self) {
+        let bin = std::env::var("C360_TANSU_BIN").unwrap_or_else(|_| "tansu".into());
+        let url = format!("tcp://{}", self.addr);
+        // tansu 0.6 reads sqlite://HOST/PATH as a path relative to its working directory.
+        let db = "sqlite://tansu.db";
+        let child = std::process::Command::new(&bin)
+            .current_dir(self.dir.path())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", db])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start tansu ({bin}): {e}; run scripts/brokers.sh start or set C360_TANSU_BIN"));
+        self.child = Some(child);
+        let until = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&self.addr).is_err() {
+            assert!(
+                Instant::now() < until,
+                "tansu did not listen on {}",
+                self.addr
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.kill9();
+        self.spawn().await;
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.kill9();
+    }
 }

@@ -1,0 +1,396 @@
+//! Delivery under faults: librdkafka's mock cluster for broker-side faults, real tansu and
+//! RabbitMQ processes for crashes, dropped connections and blocked publishers.
+
+use crate::harness::*;
+use lapin::types::FieldTable;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+const KEY: &str = "fault-key";
+
+fn kafka_config(bootstrap: &str, topic: &str, ack_timeout: &str, server_extra: &str) -> String {
+    format!(
+        r#"
+[server]
+ack_timeout = "{ack_timeout}"
+{server_extra}
+[[webhooks]]
+name = "wh"
+path = "/hook"
+keys = ["{KEY}"]
+[sinks.kafka]
+type = "kafka"
+bootstrap_servers = "{bootstrap}"
+[sinks.kafka.librdkafka]
+"compression.type" = "none"
+[[routes]]
+match = "*"
+sinks = ["kafka"]
+topic = "{topic}"
+"#
+    )
+}
+
+fn mock(topics: &[(&str, i32)]) -> MockCluster<'static, DefaultProducerContext> {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    for (t, p) in topics {
+        cluster.create_topic(t, *p, 1).expect("mock topic");
+    }
+    cluster
+}
+
+fn payloads(records: &[Record]) -> Vec<Vec<u8>> {
+    records.iter().map(|r| r.payload.clone()).collect()
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_produce_errors_are_retried_and_each_event_lands_once() {
+    let cluster = mock(&[("t", 1)]);
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 3],
+    );
+    let bridge = Bridge::start(&kafka_config(&cluster.bootstrap_servers(), "t", "10s", "")).await;
+    let events: Vec<String> = (0..10)
+        .map(|i| event("task_created", &i.to_string()))
+        .collect();
+    let r = post(&bridge.url("/hook"), &batch(&events), Some(KEY)).await;
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    let got = payloads(&consume(&cluster.bootstrap_servers(), "t", 1).await);
+    let sent = vec![Sent {
+        events,
+        status: 200,
+    }];
+    let t = conservation("1 transient NOT_ENOUGH_REPLICAS x3", &sent, &got);
+    assert_eq!(
+        (got.len(), t.duplicates),
+        (10, 0),
+        "each event exactly once (idempotent producer)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_brokers_down_gets_503_in_time_and_the_resend_lands_after_they_return() {
+    let cluster = mock(&[("t", 2)]);
+    let bridge = Bridge::start(&kafka_config(&cluster.bootstrap_servers(), "t", "3s", "")).await;
+    cluster.broker_down(1).expect("down");
+    let events: Vec<String> = (0..5)
+        .map(|i| event("task_created", &i.to_string()))
+        .collect();
+    let body = batch(&events);
+    let started = Instant::now();
+    let r = post(&bridge.url("/hook"), &body, Some(KEY)).await;
+    assert_eq!(r.status, 503, "{:?}", r.json);
+    assert!(r.retry_after.is_some());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    cluster.broker_up(1).expect("up");
+    bridge.wait_ready(Duration::from_secs(10)).await;
+    let r = post(&bridge.url("/hook"), &body, Some(KEY)).await;
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    let got = payloads(&consume(&cluster.bootstrap_servers(), "t", 2).await);
+    conservation(
+        "2 all brokers down, then up",
+        &[
+            Sent {
+                events: events.clone(),
+                status: 503,
+            },
+            Sent {
+                events,
+                status: 200,
+            },
+        ],
+        &got,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_without_a_live_leader_gets_503_and_the_resend_skips_what_was_confirmed() {
+    // Two brokers: "bad" is led by broker 2, which goes down; "good" by broker 1, which stays.
+    // (Setting a partition's leader to none crashes librdkafka 2.12's mock cluster.)
+    let cluster = MockCluster::new(2).expect("mock cluster");
+    cluster.create_topic("bad", 1, 1).expect("topic");
+    cluster.create_topic("good", 1, 1).expect("topic");
+    cluster
+        .partition_leader("bad", 0, Some(2))
+        .expect("leader 2");
+    cluster
+        .partition_leader("good", 0, Some(1))
+        .expect("leader 1");
+    let toml = kafka_config(&cluster.bootstrap_servers(), "{payload_class}", "3s", "")
+        .replace("match = \"*\"", "match = \"*\"\nkey = \"/payload/new/id\"");
+    let bridge = Bridge::start(&toml).await;
+    cluster.broker_down(2).expect("leader of bad down");
+    let events = vec![
+        event("good_created", "1"),
+        event("bad_created", "2"),
+        event("good_created", "3"),
+    ];
+    let body = batch(&events);
+    let r = post(&bridge.url("/hook"), &body, Some(KEY)).await;
+    assert_eq!(r.status, 503, "{:?}", r.json);
+    cluster.broker_up(2).expect("leader of bad back");
+    let before = reqwest::get(bridge.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        post(&bridge.url("/hook"), &body, Some(KEY)).await.status,
+        200
+    );
+    let after = reqwest::get(bridge.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let good = payloads(&consume(&cluster.bootstrap_servers(), "good", 1).await);
+    let bad = payloads(&consume(&cluster.bootstrap_servers(), "bad", 1).await);
+    assert_eq!(
+        (good.len(), bad.len()),
+        (2, 1),
+        "each event present exactly once"
+    );
+    assert_eq!(
+        metric(&after, "c360_ledger_skips_total") - metric(&before, "c360_ledger_skips_total"),
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_too_large_for_the_producer_gets_503_and_publishes_only_the_others() {
+    let cluster = mock(&[("t", 1)]);
+    let toml = kafka_config(&cluster.bootstrap_servers(), "t", "3s", "").replace(
+        "\"compression.type\" = \"none\"",
+        "\"compression.type\" = \"none\"\n\"message.max.bytes\" = \"2000\"",
+    );
+    let bridge = Bridge::start(&toml).await;
+    let events = vec![
+        event("task_created", "small"),
+        event("task_created", &"x".repeat(3000)),
+    ];
+    let r = post(&bridge.url("/hook"), &batch(&events), Some(KEY)).await;
+    assert_eq!(r.status, 503, "{:?}", r.json);
+    let got = payloads(&consume(&cluster.bootstrap_servers(), "t", 1).await);
+    assert_eq!(got, vec![events[0].as_bytes().to_vec()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_slower_than_the_deadline_gets_503_on_time_and_leaves_nothing_behind() {
+    let cluster = mock(&[("t", 1)]);
+    let bridge = Bridge::start(&kafka_config(
+        &cluster.bootstrap_servers(),
+        "t",
+        "2s",
+        "max_in_flight_batches = 4",
+    ))
+    .await;
+    cluster
+        .broker_round_trip_time(1, Duration::from_secs(4))
+        .expect("rtt");
+    let started = Instant::now();
+    let r = post(
+        &bridge.url("/hook"),
+        &batch(&[event("task_created", "1")]),
+        Some(KEY),
+    )
+    .await;
+    assert_eq!(r.status, 503, "{:?}", r.json);
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(2) && took >= Duration::from_millis(1500),
+        "answered after {took:?}"
+    );
+    // The publish task ends by itself (librdkafka's message timeout) and frees its permit.
+    let until = Instant::now() + Duration::from_secs(6);
+    while bridge.app.in_flight.available_permits() < 4 {
+        assert!(
+            Instant::now() < until,
+            "a publish task is still holding its permit"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster
+        .broker_round_trip_time(1, Duration::ZERO)
+        .expect("rtt");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_gets_fast_503s_and_a_bounded_number_of_batches_in_flight() {
+    let cluster = mock(&[("t", 1)]);
+    let bridge = Bridge::start(&kafka_config(
+        &cluster.bootstrap_servers(),
+        "t",
+        "10s",
+        "max_in_flight_batches = 2",
+    ))
+    .await;
+    cluster
+        .broker_round_trip_time(1, Duration::from_millis(600))
+        .expect("rtt");
+    let url = bridge.url("/hook");
+    let posts = (0..12).map(|i| {
+        let url = url.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(if i < 2 { 0 } else { 200 })).await;
+            let started = Instant::now();
+            let r = post(
+                &url,
+                &batch(&[event("task_created", &i.to_string())]),
+                Some(KEY),
+            )
+            .await;
+            (r, started.elapsed())
+        }
+    });
+    let results = futures::future::join_all(posts).await;
+    let overloaded: Vec<_> = results
+        .iter()
+        .filter(|(r, _)| r.json["error"] == "overloaded")
+        .collect();
+    assert_eq!(overloaded.len(), 10, "{results:?}");
+    for (r, took) in &overloaded {
+        assert_eq!((r.status, r.retry_after.is_some()), (503, true));
+        assert!(
+            *took < Duration::from_millis(500),
+            "an overload answer took {took:?}"
+        );
+    }
+    assert_eq!(results.iter().filter(|(r, _)| r.status == 200).count(), 2);
+    assert_eq!(bridge.app.in_flight.available_permits(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tansu_killed_mid_load_and_restarted_loses_no_acknowledged_event() {
+    let mut tansu = Tansu::start_sqlite().await;
+    create_topics(&tansu.addr, &["t".into()], 3).await;
+    let bridge = Bridge::start(&kafka_config(&tansu.addr, "t", "3s", "")).await;
+    let stop = CancellationToken::new();
+    let load = tokio::spawn(load_until(
+        bridge.url("/hook"),
+        KEY,
+        "task_created",
+        10,
+        3,
+        100_000,
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    tansu.kill9();
+    // Down for longer than the answer deadline, so some batches must get 503.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    tansu.restart().await;
+    bridge.wait_ready(Duration::from_secs(20)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stop.cancel();
+    let sent = load.await.expect("load");
+    let got = payloads(&consume(&tansu.addr, "t", 3).await);
+    let t = conservation("5 tansu SIGKILL + restart (sqlite)", &sent, &got);
+    assert!(
+        t.ok > 0 && t.ok < t.batches,
+        "the fault hit the load: {t:?}"
+    );
+}
+
+fn rabbit_config(exchange: &str) -> String {
+    format!(
+        r#"
+[server]
+ack_timeout = "3s"
+[[webhooks]]
+name = "wh"
+path = "/hook"
+keys = ["{KEY}"]
+[sinks.rabbit]
+type = "rabbitmq"
+url = "{RABBIT_URL}"
+exchange = "{exchange}"
+[[routes]]
+match = "*"
+sinks = ["rabbit"]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_connections_closed_and_app_restarted_mid_load_lose_nothing() {
+    let _exclusive = SHARED_BROKERS.write().await;
+    let exchange = unique("x");
+    let queue = Queue::bind(&exchange, &["#"], FieldTable::default()).await;
+    let bridge = Bridge::start(&rabbit_config(&exchange)).await;
+    let stop = CancellationToken::new();
+    let load = tokio::spawn(load_until(
+        bridge.url("/hook"),
+        KEY,
+        "task_created",
+        10,
+        3,
+        100_000,
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    rabbitmqctl(&["close_all_connections", "test"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    bridge.wait_ready(Duration::from_secs(20)).await;
+    rabbitmqctl(&["stop_app"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rabbitmqctl(&["start_app"]);
+    rabbitmqctl(&["await_startup"]);
+    bridge.wait_ready(Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.cancel();
+    let sent = load.await.expect("load");
+    let got: Vec<Vec<u8>> = queue.drain().await.into_iter().map(|m| m.body).collect();
+    let t = conservation(
+        "6 RabbitMQ close_all_connections + stop_app/start_app",
+        &sent,
+        &got,
+    );
+    assert!(
+        t.ok > 0 && t.ok < t.batches,
+        "the faults hit the load: {t:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_rabbitmq_gets_503_on_time_and_200_after_restore() {
+    let _exclusive = SHARED_BROKERS.write().await;
+    let exchange = unique("x");
+    let queue = Queue::bind(&exchange, &["#"], FieldTable::default()).await;
+    let bridge = Bridge::start(&rabbit_config(&exchange)).await;
+    let body = batch(&[event("task_created", "b")]);
+    rabbitmqctl(&["set_vm_memory_high_watermark", "0"]);
+    let started = Instant::now();
+    let r = post(&bridge.url("/hook"), &body, Some(KEY)).await;
+    let took = started.elapsed();
+    rabbitmqctl(&["set_vm_memory_high_watermark", "0.4"]);
+    assert_eq!(r.status, 503, "{:?}", r.json);
+    assert!(took < Duration::from_secs(3), "answered after {took:?}");
+    bridge.wait_ready(Duration::from_secs(20)).await;
+    let r = post(&bridge.url("/hook"), &body, Some(KEY)).await;
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    let got: Vec<Vec<u8>> = queue.drain().await.into_iter().map(|m| m.body).collect();
+    assert_eq!(
+        got.iter()
+            .filter(|b| b.as_slice() == &body[11..body.len() - 2])
+            .count(),
+        1,
+        "{got:?}"
+    );
+}
