@@ -96,6 +96,7 @@ impl App {
         file: Option<&Path>,
         sinks: Vec<Arc<dyn Sink>>,
     ) -> Result<Self, BuildError> {
+        crate::metrics::handle();
         let routes = Routes::compile(&config, file)?;
         let (answer_deadline, _) = deadlines(config.server.ack_timeout);
         let webhooks = config

@@ -269,6 +269,13 @@ fn validate(config: &Config, file: Option<&Path>) -> Result<(), ConfigError> {
             "at least one [[webhooks]] entry is needed",
         ));
     }
+    for (name, sink) in &config.sinks {
+        let checked = match sink {
+            SinkConfig::Kafka(k) => k.validate().map_err(|e| e.to_string()),
+            SinkConfig::Rabbitmq(r) => r.validate().map_err(|e| e.to_string()),
+        };
+        checked.map_err(|m| invalid(file, format!("sinks.{name}"), m))?;
+    }
     let mut paths = std::collections::HashSet::new();
     for (i, wh) in config.webhooks.iter().enumerate() {
         if !wh.path.starts_with('/')

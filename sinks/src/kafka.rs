@@ -76,6 +76,13 @@ impl KafkaSink {
     }
 }
 
+impl KafkaConfig {
+    /// Checks what can be checked without connecting.
+    pub fn validate(&self) -> Result<(), KafkaSetupError> {
+        client_config(self, Duration::from_secs(1)).map(|_| ())
+    }
+}
+
 fn client_config(
     cfg: &KafkaConfig,
     message_timeout: Duration,

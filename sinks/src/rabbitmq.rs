@@ -46,6 +46,17 @@ fn default_channels() -> usize {
     4
 }
 
+impl RabbitConfig {
+    /// Checks what can be checked without connecting.
+    pub fn validate(&self) -> Result<(), RabbitSetupError> {
+        exchange_kind(&self.exchange_type)?;
+        if self.channels == 0 || self.channels > 64 {
+            return Err(RabbitSetupError::Channels(self.channels));
+        }
+        Ok(())
+    }
+}
+
 /// Why a RabbitMQ sink could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum RabbitSetupError {
@@ -92,10 +103,8 @@ impl RabbitSink {
     /// Validates the configuration and starts connecting in the background; the sink is not
     /// ready (and fails publishes fast) until the first connection is up.
     pub fn new(name: &str, cfg: &RabbitConfig) -> Result<Self, RabbitSetupError> {
+        cfg.validate()?;
         let kind = exchange_kind(&cfg.exchange_type)?;
-        if cfg.channels == 0 || cfg.channels > 64 {
-            return Err(RabbitSetupError::Channels(cfg.channels));
-        }
         let shared = Arc::new(Shared {
             name: name.to_owned(),
             cfg: cfg.clone(),

@@ -1,5 +1,6 @@
 //! The integration suite (one binary, so librdkafka is linked once): real tansu and RabbitMQ.
 
+mod cli;
 mod faults;
 mod harness;
 mod kafka;
