@@ -1,0 +1,255 @@
+//! `c360-loadgen`: posts signed catalog360 batches to a bridge (`http`), or publishes the same
+//! events straight to the broker with the bridge's own sinks (`direct-kafka`, `direct-rabbit`),
+//! and reports events/s and per-batch latency percentiles as JSON.
+
+use anyhow::Result;
+use bytes::Bytes;
+use c360_bridge::{sample, signature};
+use c360_sinks::kafka::{KafkaConfig, KafkaSink};
+use c360_sinks::rabbitmq::{RabbitConfig, RabbitSink};
+use c360_sinks::{EventMeta, Message, Sink};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(about = "Load generator and direct-producer baseline for c360-bridge")]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Args, Clone)]
+struct Load {
+    /// Concurrent senders.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Events per batch.
+    #[arg(long, default_value_t = 100)]
+    batch_size: usize,
+    /// Approximate bytes per event.
+    #[arg(long, default_value_t = 1024)]
+    event_size: usize,
+    /// How long to send, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Pause between batches of one sender (0 = as fast as possible), e.g. 5ms.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pace: Duration,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// POST signed batches to a running bridge.
+    Http {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        key: String,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// Publish the same events with the bridge's Kafka sink, no HTTP.
+    DirectKafka {
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        bootstrap: String,
+        /// Topic prefix; events go to PREFIX.<event_class>.
+        #[arg(long, default_value = "catalog360")]
+        prefix: String,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// Publish the same events with the bridge's RabbitMQ sink, no HTTP.
+    DirectRabbit {
+        #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+        url: String,
+        #[arg(long, default_value = "catalog360")]
+        exchange: String,
+        /// Declare this queue (bounded to 100k messages, dropping the oldest) bound with `#`,
+        /// so that the published messages are routable.
+        #[arg(long)]
+        bind_queue: Option<String>,
+        #[command(flatten)]
+        load: Load,
+    },
+}
+
+/// What one sender saw.
+#[derive(Default)]
+struct Tally {
+    latencies: Vec<Duration>,
+    failures: HashMap<String, u64>,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Runtime::new()?;
+    let report = rt.block_on(async {
+        match cli.mode {
+            Mode::Http { url, key, load } => http(url, key, load).await,
+            Mode::DirectKafka { bootstrap, prefix, load } => {
+                let cfg = KafkaConfig {
+                    bootstrap_servers: bootstrap,
+                    librdkafka: BTreeMap::from([("compression.type".into(), "none".into())]),
+                };
+                let sink = KafkaSink::new("kafka", &cfg, Duration::from_secs(15))?;
+                sink.probe_now(Duration::from_secs(5));
+                direct(Arc::new(sink), format!("{prefix}."), load).await
+            }
+            Mode::DirectRabbit { url, exchange, bind_queue, load } => {
+                if let Some(q) = &bind_queue {
+                    bind(&url, &exchange, q).await?;
+                }
+                let cfg: RabbitConfig = serde_json::from_value(json!({ "url": url, "exchange": exchange }))?;
+                let sink = Arc::new(RabbitSink::new("rabbit", &cfg)?);
+                let until = Instant::now() + Duration::from_secs(10);
+                while !sink.readiness().ready {
+                    anyhow::ensure!(Instant::now() < until, "RabbitMQ not ready: {}", sink.readiness().detail);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                direct(sink, String::new(), load).await
+            }
+        }
+    })?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+async fn http(url: String, key: String, load: Load) -> Result<serde_json::Value> {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(load.concurrency).build()?;
+    let started = Instant::now();
+    let tallies = run_senders(&load, move |n| {
+        let (client, url) = (client.clone(), url.clone());
+        let body = sample::batch(load.batch_size, n * load.batch_size as u64, load.event_size);
+        let sig = signature::sign(key.as_bytes(), &body);
+        async move {
+            let resp = client.post(&url).header(signature::HEADER, sig).body(body).send().await;
+            match resp {
+                Ok(r) if r.status() == 200 => Ok(()),
+                Ok(r) => Err(r.status().as_u16().to_string()),
+                Err(e) => Err(format!("transport: {e}")),
+            }
+        }
+    })
+    .await;
+    Ok(report("http", &load, tallies, started.elapsed()))
+}
+
+/// The same events the `http` mode sends, published with a sink: one message per event,
+/// a batch's messages started together and awaited together, as the bridge does.
+async fn direct(sink: Arc<dyn Sink>, prefix: String, load: Load) -> Result<serde_json::Value> {
+    let webhook: Arc<str> = "direct".into();
+    let started = Instant::now();
+    let tallies = run_senders(&load, move |n| {
+        let (sink, prefix, webhook) = (sink.clone(), prefix.clone(), webhook.clone());
+        let body = Bytes::from(sample::batch(load.batch_size, n * load.batch_size as u64, load.event_size));
+        async move {
+            let messages = messages(&body, &prefix, &webhook).map_err(|e| e.to_string())?;
+            let results = futures::future::join_all(messages.iter().map(|m| sink.publish(m))).await;
+            results.into_iter().find_map(Result::err).map_or(Ok(()), |e| Err(e.code().to_owned()))
+        }
+    })
+    .await;
+    Ok(report("direct", &load, tallies, started.elapsed()))
+}
+
+fn messages(body: &Bytes, prefix: &str, webhook: &Arc<str>) -> Result<Vec<Message>> {
+    let events = c360_bridge::envelope::split(body, usize::MAX)?;
+    let ids = c360_bridge::ingest::event_ids(webhook, &events);
+    Ok(events
+        .iter()
+        .zip(ids)
+        .map(|(e, id)| Message {
+            destination: format!("{prefix}{}", e.event_class),
+            key: None,
+            body: body.slice_ref(e.raw.get().as_bytes()),
+            meta: Arc::new(EventMeta {
+                id,
+                event_class: e.event_class.clone(),
+                payload_class: e.payload_class.clone(),
+                webhook: webhook.clone(),
+            }),
+        })
+        .collect())
+}
+
+/// Runs `concurrency` senders for `duration`, each sending batch after batch.
+async fn run_senders<F, Fut>(load: &Load, send: F) -> Vec<Tally>
+where
+    F: Fn(u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
+{
+    let until = Instant::now() + load.duration;
+    let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..load.concurrency {
+        let (send, counter, pace) = (send.clone(), counter.clone(), load.pace);
+        tasks.push(tokio::spawn(async move {
+            let mut t = Tally::default();
+            while Instant::now() < until {
+                let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let began = Instant::now();
+                match send(n).await {
+                    Ok(()) => t.latencies.push(began.elapsed()),
+                    Err(code) => *t.failures.entry(code).or_default() += 1,
+                }
+                if !pace.is_zero() {
+                    tokio::time::sleep(pace).await;
+                }
+            }
+            t
+        }));
+    }
+    let mut out = Vec::new();
+    for task in tasks {
+        out.push(task.await.unwrap_or_default());
+    }
+    out
+}
+
+fn report(mode: &str, load: &Load, tallies: Vec<Tally>, elapsed: Duration) -> serde_json::Value {
+    let mut lat: Vec<Duration> = tallies.iter().flat_map(|t| t.latencies.iter().copied()).collect();
+    lat.sort();
+    let mut failures: BTreeMap<String, u64> = BTreeMap::new();
+    for t in &tallies {
+        for (k, v) in &t.failures {
+            *failures.entry(k.clone()).or_default() += v;
+        }
+    }
+    let secs = elapsed.as_secs_f64();
+    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).map_or(0.0, ms);
+    json!({
+        "mode": mode,
+        "concurrency": load.concurrency,
+        "batch_size": load.batch_size,
+        "event_size": load.event_size,
+        "seconds": secs,
+        "ok_batches": lat.len(),
+        "batches_per_s": lat.len() as f64 / secs,
+        "events_per_s": (lat.len() * load.batch_size) as f64 / secs,
+        "latency_ms": { "p50": pct(0.50), "p90": pct(0.90), "p99": pct(0.99), "max": lat.last().map_or(0.0, ms) },
+        "failures": failures,
+    })
+}
+
+fn ms(d: &Duration) -> f64 {
+    (d.as_secs_f64() * 1e5).round() / 100.0
+}
+
+async fn bind(url: &str, exchange: &str, queue: &str) -> Result<()> {
+    use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    ch.exchange_declare(exchange.into(), lapin::ExchangeKind::Topic, durable, FieldTable::default()).await?;
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(100_000));
+    let opts = QueueDeclareOptions { durable: true, ..Default::default() };
+    ch.queue_declare(queue.into(), opts, args).await?;
+    ch.queue_bind(queue.into(), exchange.into(), "#".into(), QueueBindOptions::default(), FieldTable::default()).await?;
+    conn.close(200, "bound".into()).await?;
+    Ok(())
+}
