@@ -89,7 +89,11 @@ fn main() -> Result<()> {
     let report = rt.block_on(async {
         match cli.mode {
             Mode::Http { url, key, load } => http(url, key, load).await,
-            Mode::DirectKafka { bootstrap, prefix, load } => {
+            Mode::DirectKafka {
+                bootstrap,
+                prefix,
+                load,
+            } => {
                 let cfg = KafkaConfig {
                     bootstrap_servers: bootstrap,
                     librdkafka: BTreeMap::from([("compression.type".into(), "none".into())]),
@@ -98,15 +102,25 @@ fn main() -> Result<()> {
                 sink.probe_now(Duration::from_secs(5));
                 direct(Arc::new(sink), format!("{prefix}."), load).await
             }
-            Mode::DirectRabbit { url, exchange, bind_queue, load } => {
+            Mode::DirectRabbit {
+                url,
+                exchange,
+                bind_queue,
+                load,
+            } => {
                 if let Some(q) = &bind_queue {
                     bind(&url, &exchange, q).await?;
                 }
-                let cfg: RabbitConfig = serde_json::from_value(json!({ "url": url, "exchange": exchange }))?;
+                let cfg: RabbitConfig =
+                    serde_json::from_value(json!({ "url": url, "exchange": exchange }))?;
                 let sink = Arc::new(RabbitSink::new("rabbit", &cfg)?);
                 let until = Instant::now() + Duration::from_secs(10);
                 while !sink.readiness().ready {
-                    anyhow::ensure!(Instant::now() < until, "RabbitMQ not ready: {}", sink.readiness().detail);
+                    anyhow::ensure!(
+                        Instant::now() < until,
+                        "RabbitMQ not ready: {}",
+                        sink.readiness().detail
+                    );
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 direct(sink, String::new(), load).await
@@ -118,14 +132,21 @@ fn main() -> Result<()> {
 }
 
 async fn http(url: String, key: String, load: Load) -> Result<serde_json::Value> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(load.concurrency).build()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(load.concurrency)
+        .build()?;
     let started = Instant::now();
     let tallies = run_senders(&load, move |n| {
         let (client, url) = (client.clone(), url.clone());
         let body = sample::batch(load.batch_size, n * load.batch_size as u64, load.event_size);
         let sig = signature::sign(key.as_bytes(), &body);
         async move {
-            let resp = client.post(&url).header(signature::HEADER, sig).body(body).send().await;
+            let resp = client
+                .post(&url)
+                .header(signature::HEADER, sig)
+                .body(body)
+                .send()
+                .await;
             match resp {
                 Ok(r) if r.status() == 200 => Ok(()),
                 Ok(r) => Err(r.status().as_u16().to_string()),
@@ -144,11 +165,18 @@ async fn direct(sink: Arc<dyn Sink>, prefix: String, load: Load) -> Result<serde
     let started = Instant::now();
     let tallies = run_senders(&load, move |n| {
         let (sink, prefix, webhook) = (sink.clone(), prefix.clone(), webhook.clone());
-        let body = Bytes::from(sample::batch(load.batch_size, n * load.batch_size as u64, load.event_size));
+        let body = Bytes::from(sample::batch(
+            load.batch_size,
+            n * load.batch_size as u64,
+            load.event_size,
+        ));
         async move {
             let messages = messages(&body, &prefix, &webhook).map_err(|e| e.to_string())?;
             let results = futures::future::join_all(messages.iter().map(|m| sink.publish(m))).await;
-            results.into_iter().find_map(Result::err).map_or(Ok(()), |e| Err(e.code().to_owned()))
+            results
+                .into_iter()
+                .find_map(Result::err)
+                .map_or(Ok(()), |e| Err(e.code().to_owned()))
         }
     })
     .await;
@@ -210,7 +238,10 @@ where
 }
 
 fn report(mode: &str, load: &Load, tallies: Vec<Tally>, elapsed: Duration) -> serde_json::Value {
-    let mut lat: Vec<Duration> = tallies.iter().flat_map(|t| t.latencies.iter().copied()).collect();
+    let mut lat: Vec<Duration> = tallies
+        .iter()
+        .flat_map(|t| t.latencies.iter().copied())
+        .collect();
     lat.sort();
     let mut failures: BTreeMap<String, u64> = BTreeMap::new();
     for t in &tallies {
@@ -219,7 +250,10 @@ fn report(mode: &str, load: &Load, tallies: Vec<Tally>, elapsed: Duration) -> se
         }
     }
     let secs = elapsed.as_secs_f64();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).map_or(0.0, ms);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .map_or(0.0, ms)
+    };
     json!({
         "mode": mode,
         "concurrency": load.concurrency,
@@ -243,13 +277,32 @@ async fn bind(url: &str, exchange: &str, queue: &str) -> Result<()> {
     use lapin::types::{AMQPValue, FieldTable};
     let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
     let ch = conn.create_channel().await?;
-    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
-    ch.exchange_declare(exchange.into(), lapin::ExchangeKind::Topic, durable, FieldTable::default()).await?;
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(
+        exchange.into(),
+        lapin::ExchangeKind::Topic,
+        durable,
+        FieldTable::default(),
+    )
+    .await?;
     let mut args = FieldTable::default();
     args.insert("x-max-length".into(), AMQPValue::LongLongInt(100_000));
-    let opts = QueueDeclareOptions { durable: true, ..Default::default() };
+    let opts = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
     ch.queue_declare(queue.into(), opts, args).await?;
-    ch.queue_bind(queue.into(), exchange.into(), "#".into(), QueueBindOptions::default(), FieldTable::default()).await?;
+    ch.queue_bind(
+        queue.into(),
+        exchange.into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
     conn.close(200, "bound".into()).await?;
     Ok(())
 }

@@ -60,6 +60,7 @@ async fn every_event_lands_once_with_exact_bytes_headers_and_key() {
     assert_eq!(tasks.len(), 2);
     assert_eq!(assets.len(), 1);
     let a = &assets[0];
+    assert_eq!(a.topic, format!("{prefix}.assetitem_updated"));
     assert_eq!(a.payload, e2.as_bytes(), "body is the event byte for byte");
     assert_eq!(a.key.as_deref(), Some(&b"12345678901234567890123"[..]));
     assert_eq!(a.headers["c360-event-class"], "assetitem_updated");
@@ -116,6 +117,16 @@ async fn a_resent_batch_is_not_published_twice_and_ids_are_stable() {
         3,
         "two identical events in one batch still get distinct ids: {ids:?}"
     );
+    let same_key: Vec<i32> = first
+        .iter()
+        .filter(|r| r.key.as_deref() == Some(b"a"))
+        .map(|r| r.partition)
+        .collect();
+    assert_eq!(same_key.len(), 2);
+    assert_eq!(
+        same_key[0], same_key[1],
+        "events sharing a key share a partition, so keep their order"
+    );
 
     // A second bridge (no shared ledger, like a restart) publishes again, with the same ids.
     bridge.shutdown().await;
@@ -133,6 +144,9 @@ async fn a_resent_batch_is_not_published_twice_and_ids_are_stable() {
     assert_eq!(ids, ids2, "consumers can dedupe on c360-event-id");
 }
 
+/// What is sent, signed with which key, and the status and error code expected.
+type Case<'a> = (&'a str, Vec<u8>, Option<&'a str>, u16, &'a str);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rejection_publishes_nothing() {
     let _shared = SHARED_BROKERS.read().await;
@@ -145,7 +159,7 @@ async fn every_rejection_publishes_nothing() {
             .collect::<Vec<_>>(),
     );
     let big = batch(&[event("task_created", &"y".repeat(5000))]);
-    let cases: Vec<(&str, Vec<u8>, Option<&str>, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         ("no signature", good.clone(), None, 401, "signature_missing"),
         (
             "wrong key",

@@ -1,5 +1,7 @@
 //! The integration suite (one binary, so librdkafka is linked once): real tansu and RabbitMQ.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 mod cli;
 mod faults;
 mod harness;
