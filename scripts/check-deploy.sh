@@ -163,9 +163,9 @@ else
   mapfile -t strip < <(compgen -e | grep '^C360_BRIDGE_' | sed 's/^/-u/' || true)
   for file in config/*.toml; do
     vars=()
-    for var in $(sed -n 's/^[[:space:]]*keys_env[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' "$file"); do
+    while read -r var; do
       vars+=("$var=x")
-    done
+    done < <(sed -n 's/^[[:space:]]*keys_env[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' "$file")
     if out=$(env "${strip[@]}" "${vars[@]}" cargo run -q -- check --config "$file" 2>&1); then
       ok "$file: c360-bridge check${vars:+ (with ${vars[*]})}"
     else

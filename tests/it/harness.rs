@@ -243,18 +243,20 @@ fn consume_blocking(bootstrap: &str, topic: &str, partitions: i32) -> Vec<Record
     consumer.assign(&tpl).expect("assign");
     let mut out = Vec::new();
     let mut at_end = std::collections::BTreeSet::new();
+    let mut last_error = None;
     let until = Instant::now() + Duration::from_secs(20);
     while at_end.len() < partitions as usize {
         assert!(
             Instant::now() < until,
-            "{topic}: only partitions {at_end:?} reached their end"
+            "{topic}: only partitions {at_end:?} reached their end (last error: {last_error:?})"
         );
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => out.push(record(&m)),
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
                 at_end.insert(p);
             }
-            Some(Err(e)) => panic!("consuming {topic}: {e}"),
+            // Transient client errors (a broker that just restarted) are retried until the deadline.
+            Some(Err(e)) => last_error = Some(e),
             None => {}
         }
     }
@@ -577,7 +579,7 @@ impl Tansu {
             .current_dir(self.dir.path())
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", db])
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(log_file(&self.dir))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start tansu ({bin}): {e}; run scripts/brokers.sh start or set C360_TANSU_BIN"));
         self.child = Some(child);
@@ -604,6 +606,18 @@ impl Tansu {
         self.kill9();
         self.spawn().await;
     }
+}
+
+fn log_file(dir: &tempfile::TempDir) -> std::process::Stdio {
+    let path = std::env::temp_dir().join(format!(
+        "tansu-{}.log",
+        dir.path().file_name().unwrap_or_default().to_string_lossy()
+    ));
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_or(std::process::Stdio::null(), Into::into)
 }
 
 impl Drop for Tansu {
