@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmarks the bridge against the direct-producer ceiling on the same broker:
 # Kafka (tansu), Kafka (librdkafka mock cluster, via `c360-bridge dev`) and RabbitMQ.
-# Prints one table: events/s bridge, events/s direct, ratio, p99 per batch, peak RSS of the bridge.
+# For each: bridge at full load, direct at full load, bridge at half of its full-load rate
+# (p99 there), peak RSS of the bridge; then 1-event batches on tansu (requests/s).
 # Knobs: DURATION (10s), CONCURRENCY (8), BATCH (100), EVENT_SIZE (1024).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,68 +11,84 @@ OUT="${BENCH_OUT:-target/bench}"; mkdir -p "$OUT"
 eval "$(scripts/brokers.sh start)"
 cargo build --release --locked --bins >&2
 BIN=target/release/c360-bridge; LG=target/release/c360-loadgen
-LOAD=(--concurrency "$CONCURRENCY" --batch-size "$BATCH" --event-size "$EVENT_SIZE" --duration "$DURATION")
-KEY=bench-key
+KEY=bench-key; PORT=18181
 
+load() { echo --concurrency "$CONCURRENCY" --batch-size "${1:-$BATCH}" --event-size "$EVENT_SIZE" --duration "$DURATION"; }
 wait_ready() { for _ in $(seq 1 200); do curl -fs "http://$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "bridge not ready" >&2; return 1; }
 peak_rss_mib() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
-field() { python3 -c "import json,sys; d=json.load(open('$1')); print($2)"; }
+get() { python3 -c "import json; d=json.load(open('$1')); print($2)"; }
+half_rate() { get "$1" "d['batches_per_s']/2"; }
 
-# serve_bench NAME SINK_TOML: runs the bridge, the http load, records peak RSS, stops it.
-serve_bench() {
-  local name=$1 sink=$2 port=18181
-  cat >"$OUT/$name.toml" <<TOML
+# http_runs NAME URL KEY: full load, then half of the rate it reached.
+http_runs() {
+  $LG http --url "$2" --key "$3" $(load) >"$OUT/$1-http.json"
+  $LG http --url "$2" --key "$3" $(load) --rate "$(half_rate "$OUT/$1-http.json")" >"$OUT/$1-half.json"
+}
+
+# serve NAME SINK_TOML: writes a config and starts the bridge; sets $PID.
+serve() {
+  cat >"$OUT/$1.toml" <<TOML
 [server]
-listen = "127.0.0.1:$port"
+listen = "127.0.0.1:$PORT"
 [log]
 level = "warn"
 [[webhooks]]
 name = "bench"
 path = "/hook"
 keys = ["$KEY"]
-$sink
+$2
 [[routes]]
 match = "*"
 sinks = ["s"]
 TOML
-  $BIN serve --config "$OUT/$name.toml" 2>"$OUT/$name.log" & local pid=$!
-  wait_ready "127.0.0.1:$port"
-  $LG http --url "http://127.0.0.1:$port/hook" --key "$KEY" "${LOAD[@]}" >"$OUT/$name-http.json"
-  peak_rss_mib $pid >"$OUT/$name-rss"
-  kill -TERM $pid; wait $pid
+  $BIN serve --config "$OUT/$1.toml" 2>"$OUT/$1.log" & PID=$!
+  wait_ready "127.0.0.1:$PORT"
 }
+stop() { peak_rss_mib "$PID" >"$OUT/$1-rss"; kill -TERM "$PID"; wait "$PID"; }
 
-# Kafka on tansu
-serve_bench kafka-tansu "[sinks.s]
-type = \"kafka\"
-bootstrap_servers = \"127.0.0.1:9092\"
+TANSU_SINK='[sinks.s]
+type = "kafka"
+bootstrap_servers = "127.0.0.1:9092"
 [sinks.s.librdkafka]
-\"compression.type\" = \"none\""
-$LG direct-kafka --bootstrap 127.0.0.1:9092 --prefix catalog360 "${LOAD[@]}" >"$OUT/kafka-tansu-direct.json"
+"compression.type" = "none"'
 
-# RabbitMQ (a bounded queue makes the messages routable)
-$LG direct-rabbit --exchange bench --bind-queue c360-bench "${LOAD[@]}" >"$OUT/rabbitmq-direct.json"
-serve_bench rabbitmq "[sinks.s]
-type = \"rabbitmq\"
-url = \"amqp://guest:guest@127.0.0.1:5672/%2f\"
-exchange = \"bench\""
+# Kafka on tansu, then 1-event batches on tansu.
+serve kafka-tansu "$TANSU_SINK"
+http_runs kafka-tansu "http://127.0.0.1:$PORT/hook" "$KEY"
+$LG http --url "http://127.0.0.1:$PORT/hook" --key "$KEY" $(load 1) >"$OUT/one-event-http.json"
+stop kafka-tansu
+$LG direct-kafka --bootstrap 127.0.0.1:9092 --prefix catalog360 $(load) >"$OUT/kafka-tansu-direct.json"
+$LG direct-kafka --bootstrap 127.0.0.1:9092 --prefix catalog360 $(load 1) >"$OUT/one-event-direct.json"
+
+# RabbitMQ (a bounded queue bound with # makes the messages routable).
+$LG direct-rabbit --exchange bench --bind-queue c360-bench $(load) >"$OUT/rabbitmq-direct.json"
+serve rabbitmq '[sinks.s]
+type = "rabbitmq"
+url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+exchange = "bench"'
+http_runs rabbitmq "http://127.0.0.1:$PORT/hook" "$KEY"
+stop rabbitmq
 
 # Kafka on the mock cluster: `dev` embeds it; the direct run produces to the same cluster.
-$BIN dev --listen 127.0.0.1:18182 >"$OUT/dev.out" 2>"$OUT/dev.log" & DEV=$!
+$BIN dev --listen 127.0.0.1:18182 >"$OUT/dev.out" 2>"$OUT/dev.log" & PID=$!
 wait_ready 127.0.0.1:18182
 BOOT=$(awk -F': ' '/Kafka bootstrap/ {print $2}' "$OUT/dev.out"); DKEY=$(awk -F': ' '/Demo key/ {print $2}' "$OUT/dev.out")
-$LG http --url http://127.0.0.1:18182/webhooks/catalog360 --key "$DKEY" "${LOAD[@]}" >"$OUT/kafka-mock-http.json"
-peak_rss_mib $DEV >"$OUT/kafka-mock-rss"
-$LG direct-kafka --bootstrap "$BOOT" --prefix catalog360 "${LOAD[@]}" >"$OUT/kafka-mock-direct.json"
-kill -INT $DEV; wait $DEV || true
+http_runs kafka-mock http://127.0.0.1:18182/webhooks/catalog360 "$DKEY"
+peak_rss_mib $PID >"$OUT/kafka-mock-rss"
+$LG direct-kafka --bootstrap "$BOOT" --prefix catalog360 $(load) >"$OUT/kafka-mock-direct.json"
+kill -INT $PID; wait $PID || true
 
-printf '\n%s, %s cores, batch %s x %s B, concurrency %s, %s per run\n' "$(date -u +%F)" "$(nproc)" "$BATCH" "$EVENT_SIZE" "$CONCURRENCY" "$DURATION"
-printf '| broker | bridge events/s | direct events/s | ratio | bridge p99 ms | direct p99 ms | bridge non-200 | bridge peak RSS MiB |\n|---|---|---|---|---|---|---|---|\n'
+printf '\n%s, %s cores, %s B events, concurrency %s, %s per run\n\n' "$(date -u +%F)" "$(nproc)" "$EVENT_SIZE" "$CONCURRENCY" "$DURATION"
+printf '| broker, %s-event batches | bridge events/s | direct events/s | ratio | bridge p99 ms (full) | direct p99 ms | bridge p99 ms at half rate | non-200 | bridge peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|\n' "$BATCH"
 for b in kafka-tansu rabbitmq kafka-mock; do
-  h="$OUT/$b-http.json"; d="$OUT/$b-direct.json"
-  printf '| %s | %.0f | %.0f | %.2f | %s | %s | %s | %s |\n' "$b" \
-    "$(field "$h" "d['events_per_s']")" "$(field "$d" "d['events_per_s']")" \
+  h="$OUT/$b-http.json"; d="$OUT/$b-direct.json"; f="$OUT/$b-half.json"
+  printf '| %s | %.0f | %.0f | %.2f | %s | %s | %s (at %.0f ev/s) | %s | %s |\n' "$b" \
+    "$(get "$h" "d['events_per_s']")" "$(get "$d" "d['events_per_s']")" \
     "$(python3 -c "import json; h=json.load(open('$h')); d=json.load(open('$d')); print(h['events_per_s']/max(d['events_per_s'],1))")" \
-    "$(field "$h" "d['latency_ms']['p99']")" "$(field "$d" "d['latency_ms']['p99']")" \
-    "$(field "$h" "sum(d['failures'].values())")" "$(cat "$OUT/$b-rss")"
+    "$(get "$h" "d['latency_ms']['p99']")" "$(get "$d" "d['latency_ms']['p99']")" \
+    "$(get "$f" "d['latency_ms']['p99']")" "$(get "$f" "d['events_per_s']")" \
+    "$(get "$h" "sum(d['failures'].values()) + sum(json.load(open('$f'))['failures'].values())")" "$(cat "$OUT/$b-rss")"
 done
+printf '\n1-event batches on tansu: bridge %.0f requests/s (p99 %s ms), direct %.0f batches/s (p99 %s ms)\n' \
+  "$(get "$OUT/one-event-http.json" "d['batches_per_s']")" "$(get "$OUT/one-event-http.json" "d['latency_ms']['p99']")" \
+  "$(get "$OUT/one-event-direct.json" "d['batches_per_s']")" "$(get "$OUT/one-event-direct.json" "d['latency_ms']['p99']")"

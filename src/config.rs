@@ -86,7 +86,7 @@ pub struct LedgerConfig {
 impl Default for LedgerConfig {
     fn default() -> Self {
         Self {
-            max_entries: 1_000_000,
+            max_entries: 200_000,
             ttl: Duration::from_secs(3600),
         }
     }

@@ -1,13 +1,27 @@
 //! The retry ledger: which (event id, sink) pairs were confirmed, so a resent batch skips them.
 //!
 //! Bounded in entries and in age; it lives in memory, so a restart or another replica forgets
-//! it (the README lists the duplicates a consumer can therefore still see).
+//! it (the README lists the duplicates a consumer can therefore still see). An entry is a
+//! 128-bit digest of (event id, sink) plus a timestamp, about 80 bytes with the map's overhead.
 
+use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-type Key = (String, u16);
+type Key = u128;
+
+/// 128 bits of SHA-256 over the pair: a collision (which would skip an event) is as unlikely
+/// as a collision of the event ids themselves.
+fn key(id: &str, sink: usize) -> Key {
+    let d = Sha256::new()
+        .chain_update(id)
+        .chain_update((sink as u64).to_le_bytes())
+        .finalize();
+    let mut k = [0u8; 16];
+    k.copy_from_slice(&d[..16]);
+    u128::from_le_bytes(k)
+}
 
 /// Remembers confirmations for at most `max_entries` pairs and `ttl`.
 pub struct Ledger {
@@ -41,7 +55,7 @@ impl Ledger {
             .map(|(id, sink)| {
                 inner
                     .confirmed
-                    .get(&(id.to_owned(), sink as u16))
+                    .get(&key(id, sink))
                     .is_some_and(|at| now.duration_since(*at) < self.ttl)
             })
             .collect()
@@ -57,9 +71,9 @@ impl Ledger {
         };
         let now = Instant::now();
         for (id, sink) in pairs {
-            let key = (id, sink as u16);
-            inner.confirmed.insert(key.clone(), now);
-            inner.order.push_back((key, now));
+            let k = key(&id, sink);
+            inner.confirmed.insert(k, now);
+            inner.order.push_back((k, now));
         }
         self.evict(&mut inner, now);
     }

@@ -114,6 +114,13 @@ fn client_config(
     Ok(cc)
 }
 
+impl Drop for KafkaSink {
+    /// Ends the probe thread (it holds a producer handle) when the sink goes away unclosed.
+    fn drop(&mut self) {
+        self.health.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 /// How often the probe thread asks the cluster for metadata.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 

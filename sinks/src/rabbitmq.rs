@@ -134,6 +134,13 @@ impl RabbitSink {
     }
 }
 
+impl Drop for RabbitSink {
+    /// Ends the supervisor task when the sink goes away unclosed.
+    fn drop(&mut self) {
+        self.shared.closing.store(true, Ordering::Relaxed);
+    }
+}
+
 fn unavailable(why: &str) -> SinkError {
     SinkError::Unavailable(why.to_owned())
 }

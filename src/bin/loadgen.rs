@@ -35,9 +35,14 @@ struct Load {
     /// How long to send, e.g. 10s.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// Pause between batches of one sender (0 = as fast as possible), e.g. 5ms.
-    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
-    pace: Duration,
+    /// Target batches per second over all senders (0 = as fast as they go).
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Batches generated before the clock starts, then sent in turn. In `http` mode each send
+    /// stamps a unique sequence number into every event and signs it, so no two requests
+    /// carry the same event (the bridge's ledger would skip repeats).
+    #[arg(long, default_value_t = 64)]
+    pool: usize,
 }
 
 #[derive(Subcommand)]
@@ -135,10 +140,15 @@ async fn http(url: String, key: String, load: Load) -> Result<serde_json::Value>
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(load.concurrency)
         .build()?;
+    let pool: Arc<Vec<Template>> = Arc::new(
+        (0..load.pool.max(1) as u64)
+            .map(|n| Template::new(&load, n))
+            .collect::<Result<_>>()?,
+    );
     let started = Instant::now();
     let tallies = run_senders(&load, move |n| {
         let (client, url) = (client.clone(), url.clone());
-        let body = sample::batch(load.batch_size, n * load.batch_size as u64, load.event_size);
+        let body = pool[n as usize % pool.len()].stamp(n);
         let sig = signature::sign(key.as_bytes(), &body);
         async move {
             let resp = client
@@ -158,20 +168,75 @@ async fn http(url: String, key: String, load: Load) -> Result<serde_json::Value>
     Ok(report("http", &load, tallies, started.elapsed()))
 }
 
+/// A generated batch whose events carry a fixed-width `bench_seq` field to stamp per send.
+struct Template {
+    body: Vec<u8>,
+    slots: Vec<usize>,
+}
+
+const SEQ_WIDTH: usize = 20;
+
+impl Template {
+    fn new(load: &Load, n: u64) -> Result<Self> {
+        let events: Vec<serde_json::Value> = (0..load.batch_size)
+            .map(|i| {
+                let class = c360_bridge::routing::KNOWN_EVENT_CLASSES[i % 11];
+                let mut ev = sample::event(
+                    class,
+                    n * load.batch_size as u64 + i as u64,
+                    load.event_size,
+                );
+                ev["bench_seq"] = json!("0".repeat(SEQ_WIDTH));
+                ev
+            })
+            .collect();
+        let body = serde_json::to_vec(&json!({ "events": events }))?;
+        let marker = b"\"bench_seq\":\"";
+        let slots = body
+            .windows(marker.len())
+            .enumerate()
+            .filter(|(_, w)| *w == marker)
+            .map(|(i, _)| i + marker.len())
+            .collect();
+        Ok(Self { body, slots })
+    }
+
+    /// The batch with every event's `bench_seq` set to a value unique to send `n`.
+    fn stamp(&self, n: u64) -> Bytes {
+        let mut body = self.body.clone();
+        for (i, &at) in self.slots.iter().enumerate() {
+            let seq = format!(
+                "{:0width$}",
+                n * self.slots.len() as u64 + i as u64,
+                width = SEQ_WIDTH
+            );
+            body[at..at + SEQ_WIDTH].copy_from_slice(seq.as_bytes());
+        }
+        Bytes::from(body)
+    }
+}
+
 /// The same events the `http` mode sends, published with a sink: one message per event,
 /// a batch's messages started together and awaited together, as the bridge does.
 async fn direct(sink: Arc<dyn Sink>, prefix: String, load: Load) -> Result<serde_json::Value> {
     let webhook: Arc<str> = "direct".into();
+    let pool: Arc<Vec<Vec<Message>>> = Arc::new(
+        (0..load.pool.max(1) as u64)
+            .map(|n| {
+                let body = Bytes::from(sample::batch(
+                    load.batch_size,
+                    n * load.batch_size as u64,
+                    load.event_size,
+                ));
+                messages(&body, &prefix, &webhook)
+            })
+            .collect::<Result<_>>()?,
+    );
     let started = Instant::now();
     let tallies = run_senders(&load, move |n| {
-        let (sink, prefix, webhook) = (sink.clone(), prefix.clone(), webhook.clone());
-        let body = Bytes::from(sample::batch(
-            load.batch_size,
-            n * load.batch_size as u64,
-            load.event_size,
-        ));
+        let (sink, pool) = (sink.clone(), pool.clone());
         async move {
-            let messages = messages(&body, &prefix, &webhook).map_err(|e| e.to_string())?;
+            let messages = &pool[n as usize % pool.len()];
             let results = futures::future::join_all(messages.iter().map(|m| sink.publish(m))).await;
             results
                 .into_iter()
@@ -209,22 +274,29 @@ where
     F: Fn(u64) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Result<(), String>> + Send,
 {
+    let start = tokio::time::Instant::now();
     let until = Instant::now() + load.duration;
     let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // With a target rate, each sender sends on its own fixed schedule (open loop).
+    let interval =
+        (load.rate > 0.0).then(|| Duration::from_secs_f64(load.concurrency as f64 / load.rate));
     let mut tasks = Vec::new();
-    for _ in 0..load.concurrency {
-        let (send, counter, pace) = (send.clone(), counter.clone(), load.pace);
+    for w in 0..load.concurrency {
+        let (send, counter) = (send.clone(), counter.clone());
+        let offset = interval.map(|i| i.mul_f64(w as f64 / load.concurrency as f64));
         tasks.push(tokio::spawn(async move {
             let mut t = Tally::default();
+            let mut k = 0u32;
             while Instant::now() < until {
+                if let (Some(i), Some(o)) = (interval, offset) {
+                    tokio::time::sleep_until(start + o + i * k).await;
+                    k += 1;
+                }
                 let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let began = Instant::now();
                 match send(n).await {
                     Ok(()) => t.latencies.push(began.elapsed()),
                     Err(code) => *t.failures.entry(code).or_default() += 1,
-                }
-                if !pace.is_zero() {
-                    tokio::time::sleep(pace).await;
                 }
             }
             t
@@ -257,6 +329,7 @@ fn report(mode: &str, load: &Load, tallies: Vec<Tally>, elapsed: Duration) -> se
     json!({
         "mode": mode,
         "concurrency": load.concurrency,
+        "target_rate": load.rate,
         "batch_size": load.batch_size,
         "event_size": load.event_size,
         "seconds": secs,
