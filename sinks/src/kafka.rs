@@ -94,7 +94,9 @@ fn client_config(
             "message.timeout.ms",
             message_timeout.as_millis().to_string(),
         )
-        .set("linger.ms", "2");
+        .set("linger.ms", "2")
+        // A broker that comes back is used within a second, not after up to 10 s of backoff.
+        .set("reconnect.backoff.max.ms", "1000");
     for (key, value) in &cfg.librdkafka {
         cc.set(key, value);
     }

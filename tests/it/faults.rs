@@ -99,23 +99,24 @@ async fn all_brokers_down_gets_503_in_time_and_the_resend_lands_after_they_retur
     );
     cluster.broker_up(1).expect("up");
     bridge.wait_ready(Duration::from_secs(10)).await;
-    let r = post(&bridge.url("/hook"), &body, Some(KEY)).await;
-    assert_eq!(r.status, 200, "{:?}", r.json);
+    // Like catalog360, resend until accepted; the ledger keeps retries from duplicating.
+    let mut sent = vec![Sent {
+        events: events.clone(),
+        status: 503,
+    }];
+    for _ in 0..5 {
+        let r = post(&bridge.url("/hook"), &body, Some(KEY)).await;
+        sent.push(Sent {
+            events: events.clone(),
+            status: r.status,
+        });
+        if r.status == 200 {
+            break;
+        }
+    }
+    assert_eq!(sent.last().map(|s| s.status), Some(200), "{sent:?}");
     let got = payloads(&consume(&cluster.bootstrap_servers(), "t", 2).await);
-    conservation(
-        "2 all brokers down, then up",
-        &[
-            Sent {
-                events: events.clone(),
-                status: 503,
-            },
-            Sent {
-                events,
-                status: 200,
-            },
-        ],
-        &got,
-    );
+    conservation("2 all brokers down, then up", &sent, &got);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -413,12 +414,15 @@ impl Lcg {
     }
 }
 
+/// Faults 2 (all Kafka brokers down) and 6 (RabbitMQ connections closed, app restarted) at
+/// random under a fan-out load. tansu is left out: with sqlite storage it stopped answering
+/// fetches after some of these runs (observed with tansu 0.6.0; kafka-python could not read
+/// it either), so fault 5 has its own test above.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conservation_soak_under_random_faults() {
     let _exclusive = SHARED_BROKERS.write().await;
-    let cluster = mock(&[("soak", 2)]);
-    let mut tansu = Tansu::start_sqlite().await;
-    create_topics(&tansu.addr, &["soak".into()], 2).await;
+    // 16 partitions: the mock cluster keeps only 5 MiB per partition and deletes older data.
+    let cluster = mock(&[("soak", 16)]);
     let exchange = unique("x");
     let queue = Queue::bind(&exchange, &["#"], FieldTable::default()).await;
     let toml = format!(
@@ -429,30 +433,28 @@ ack_timeout = "3s"
 name = "wh"
 path = "/hook"
 keys = ["{KEY}"]
-[sinks.mock]
+[sinks.kafka]
 type = "kafka"
 bootstrap_servers = "{mock}"
-[sinks.tansu]
-type = "kafka"
-bootstrap_servers = "{tansu}"
-[sinks.tansu.librdkafka]
-"compression.type" = "none"
 [sinks.rabbit]
 type = "rabbitmq"
 url = "{RABBIT_URL}"
 exchange = "{exchange}"
 [[routes]]
 match = "*"
-sinks = ["mock", "tansu", "rabbit"]
+sinks = ["kafka", "rabbit"]
 topic = "soak"
 "#,
-        mock = cluster.bootstrap_servers(),
-        tansu = tansu.addr
+        mock = cluster.bootstrap_servers()
     );
     let bridge = Bridge::start(&toml).await;
-    let seed = std::time::SystemTime::now()
+    let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(7, |d| d.as_secs());
+    let seed = std::env::var("SOAK_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(now);
     let mut rng = Lcg(seed);
     let stop = CancellationToken::new();
     let load = tokio::spawn(load_until(
@@ -465,7 +467,7 @@ topic = "soak"
         stop.clone(),
     ));
     let mut faults = Vec::new();
-    for _ in 0..6 {
+    for _ in 0..8 {
         tokio::time::sleep(Duration::from_millis(800 + rng.next(800))).await;
         match rng.next(3) {
             0 => {
@@ -475,37 +477,37 @@ topic = "soak"
                 cluster.broker_up(1).expect("up");
             }
             1 => {
-                faults.push("tansu SIGKILL + restart");
-                tansu.kill9();
-                tokio::time::sleep(Duration::from_millis(200 + rng.next(3000))).await;
-                tansu.restart().await;
-            }
-            _ => {
                 faults.push("RabbitMQ close_all_connections");
                 rabbitmqctl(&["close_all_connections", "soak"]);
             }
+            _ => {
+                faults.push("RabbitMQ stop_app/start_app");
+                rabbitmqctl(&["stop_app"]);
+                tokio::time::sleep(Duration::from_millis(rng.next(1000))).await;
+                rabbitmqctl(&["start_app"]);
+                rabbitmqctl(&["await_startup"]);
+            }
         }
     }
-    faults.push("RabbitMQ stop_app/start_app");
-    rabbitmqctl(&["stop_app"]);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    rabbitmqctl(&["start_app"]);
-    rabbitmqctl(&["await_startup"]);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.cancel();
     let sent = load.await.expect("load");
-    tansu.restart().await; // see tansu_killed_mid_load_and_restarted_loses_no_acknowledged_event
-    eprintln!("soak seed {seed}, faults {faults:?}");
-    let from_mock = payloads(&consume(&cluster.bootstrap_servers(), "soak", 2).await);
-    let from_tansu = payloads(&consume(&tansu.addr, "soak", 2).await);
+    eprintln!("soak seed {seed} (SOAK_SEED={seed} repeats it), faults {faults:?}");
+    assert_nothing_deleted(&cluster.bootstrap_servers(), "soak", 16);
+    let from_kafka = payloads(&consume(&cluster.bootstrap_servers(), "soak", 16).await);
     let from_rabbit: Vec<Vec<u8>> = queue.drain().await.into_iter().map(|m| m.body).collect();
-    let mut ok = 0;
-    for (sink, got) in [
-        ("mock cluster", from_mock),
-        ("tansu", from_tansu),
-        ("RabbitMQ", from_rabbit),
-    ] {
-        ok = conservation(&format!("10 soak, {sink} (seed {seed})"), &sent, &got).ok;
-    }
-    assert!(ok > 0, "some batches got through between the faults");
+    let k = conservation(
+        &format!("10 soak, Kafka mock cluster (seed {seed})"),
+        &sent,
+        &from_kafka,
+    );
+    let r = conservation(
+        &format!("10 soak, RabbitMQ (seed {seed})"),
+        &sent,
+        &from_rabbit,
+    );
+    assert!(
+        k.ok > 0 && k.ok < k.batches,
+        "the faults hit the load and some batches got through: {k:?} {r:?}"
+    );
 }

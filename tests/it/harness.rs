@@ -248,7 +248,8 @@ fn consume_blocking(bootstrap: &str, topic: &str, partitions: i32) -> Vec<Record
     while at_end.len() < partitions as usize {
         assert!(
             Instant::now() < until,
-            "{topic}: only partitions {at_end:?} reached their end (last error: {last_error:?})"
+            "{topic}: only partitions {at_end:?} reached their end after {} records (last error: {last_error:?})",
+            out.len()
         );
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => out.push(record(&m)),
@@ -261,6 +262,24 @@ fn consume_blocking(bootstrap: &str, topic: &str, partitions: i32) -> Vec<Record
         }
     }
     out
+}
+
+/// Fails if the broker already deleted records of `topic` (a log start offset above 0), which
+/// would make a conservation check meaningless. (Not for tansu: see `consume`.)
+pub fn assert_nothing_deleted(bootstrap: &str, topic: &str, partitions: i32) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("consumer");
+    for p in 0..partitions {
+        let (low, _) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .expect("watermarks");
+        assert_eq!(
+            low, 0,
+            "{topic}/{p}: the broker deleted records (retention), the check would be void"
+        );
+    }
 }
 
 fn record(m: &rdkafka::message::BorrowedMessage) -> Record {
