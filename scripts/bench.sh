@@ -52,13 +52,21 @@ bootstrap_servers = "127.0.0.1:9092"
 [sinks.s.librdkafka]
 "compression.type" = "none"'
 
-# Kafka on tansu, then 1-event batches on tansu.
-serve kafka-tansu "$TANSU_SINK"
-http_runs kafka-tansu "http://127.0.0.1:$PORT/hook" "$KEY"
-$LG http --url "http://127.0.0.1:$PORT/hook" --key "$KEY" $(load 1) >"$OUT/one-event-http.json"
+# Kafka on tansu: every run gets an empty tansu (its memory storage keeps all it was sent, and
+# slows down as it grows) and, for the bridge, a fresh bridge process.
+fresh_tansu() { scripts/brokers.sh restart-kafka 2>/dev/null; }
+fresh_tansu; serve kafka-tansu "$TANSU_SINK"
+$LG http --url "http://127.0.0.1:$PORT/hook" --key "$KEY" $(load) >"$OUT/kafka-tansu-http.json"
 stop kafka-tansu
-$LG direct-kafka --bootstrap 127.0.0.1:9092 --prefix catalog360 $(load) >"$OUT/kafka-tansu-direct.json"
-$LG direct-kafka --bootstrap 127.0.0.1:9092 --prefix catalog360 $(load 1) >"$OUT/one-event-direct.json"
+fresh_tansu; serve kafka-tansu-half "$TANSU_SINK"
+$LG http --url "http://127.0.0.1:$PORT/hook" --key "$KEY" $(load) --rate "$(half_rate "$OUT/kafka-tansu-http.json")" >"$OUT/kafka-tansu-half.json"
+stop kafka-tansu-half
+fresh_tansu; serve one-event "$TANSU_SINK"
+$LG http --url "http://127.0.0.1:$PORT/hook" --key "$KEY" $(load 1) >"$OUT/one-event-http.json"
+stop one-event
+fresh_tansu; $LG direct-kafka --bootstrap 127.0.0.1:9092 --prefix catalog360 $(load) >"$OUT/kafka-tansu-direct.json"
+fresh_tansu; $LG direct-kafka --bootstrap 127.0.0.1:9092 --prefix catalog360 $(load 1) >"$OUT/one-event-direct.json"
+fresh_tansu
 
 # RabbitMQ (a bounded queue bound with # makes the messages routable).
 $LG direct-rabbit --exchange bench --bind-queue c360-bench $(load) >"$OUT/rabbitmq-direct.json"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs (once, cached) and starts the brokers the tests and benchmarks use, on 127.0.0.1:
 #   RabbitMQ (Debian's rabbitmq-server) on 5672, tansu 0.6.0 (Kafka protocol) on 9092.
-# Usage: scripts/brokers.sh start|stop|status.  Idempotent: a running broker is left alone.
+# Usage: scripts/brokers.sh start|stop|status|restart-kafka.  Idempotent: a running broker is left alone.
 set -euo pipefail
 
 CACHE="${C360_CACHE:-$HOME/.cache/c360-bridge}"
@@ -60,12 +60,19 @@ start_tansu() {
   log "tansu ready on 127.0.0.1:$KAFKA_PORT (catalog360.* topics created)"
 }
 
+stop_tansu() {
+  [ -f "$STATE/tansu.pid" ] && kill "$(cat "$STATE/tansu.pid")" 2>/dev/null || true
+  for _ in $(seq 1 50); do port_open "$KAFKA_PORT" || return 0; sleep 0.1; done
+}
+
 case "${1:-start}" in
   start) start_rabbitmq; start_tansu; echo "C360_TANSU_BIN=$STATE/tansu" ;;
+  # An empty tansu (memory storage keeps everything it was sent; benchmarks want a fresh one).
+  restart-kafka) stop_tansu; start_tansu ;;
   stop)
     [ -f "$STATE/tansu.pid" ] && kill "$(cat "$STATE/tansu.pid")" 2>/dev/null || true
     rabbitmqctl -q stop >/dev/null 2>&1 || true ;;
   status) port_open 5672 && echo "rabbitmq up" || echo "rabbitmq down"
           port_open "$KAFKA_PORT" && echo "tansu up" || echo "tansu down" ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  *) echo "usage: $0 start|stop|status|restart-kafka" >&2; exit 2 ;;
 esac

@@ -127,7 +127,7 @@ fn plan(app: &App, webhook: &Webhook, body: &Bytes, events: &[Event]) -> Vec<Job
 /// Stable event ids: SHA-256 of the webhook name and the event's exact bytes (first 128 bits,
 /// hex); the k-th repeat of identical bytes within one batch gets the suffix `-k`.
 pub fn event_ids(webhook: &str, events: &[Event]) -> Vec<String> {
-    let mut repeats: HashMap<String, usize> = HashMap::new();
+    let mut repeats: HashMap<[u8; 16], usize> = HashMap::new();
     events
         .iter()
         .map(|e| {
@@ -136,13 +136,12 @@ pub fn event_ids(webhook: &str, events: &[Event]) -> Vec<String> {
                 .chain_update([0u8])
                 .chain_update(e.raw.get())
                 .finalize();
-            let id = hex::encode(&digest[..16]);
-            let n = repeats.entry(id.clone()).or_insert(0);
-            *n += 1;
-            if *n == 1 {
-                id
-            } else {
-                format!("{id}-{}", *n - 1)
+            let mut head = [0u8; 16];
+            head.copy_from_slice(&digest[..16]);
+            let seen_before = repeats.entry(head).and_modify(|n| *n += 1).or_insert(0);
+            match *seen_before {
+                0 => hex::encode(head),
+                k => format!("{}-{k}", hex::encode(head)),
             }
         })
         .collect()

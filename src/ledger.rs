@@ -6,10 +6,33 @@
 
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 type Key = u128;
+
+/// Keys are already uniform SHA-256 bits: hashing them again (SipHash) is wasted work.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(b);
+        }
+    }
+    fn write_u128(&mut self, k: u128) {
+        self.0 = k as u64;
+    }
+}
+
+type KeyMap = HashMap<Key, Instant, BuildHasherDefault<KeyHasher>>;
 
 /// 128 bits of SHA-256 over the pair: a collision (which would skip an event) is as unlikely
 /// as a collision of the event ids themselves.
@@ -32,7 +55,7 @@ pub struct Ledger {
 
 #[derive(Default)]
 struct Inner {
-    confirmed: HashMap<Key, Instant>,
+    confirmed: KeyMap,
     order: VecDeque<(Key, Instant)>,
 }
 
