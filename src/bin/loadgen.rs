@@ -76,6 +76,9 @@ enum Mode {
         /// so that the published messages are routable.
         #[arg(long)]
         bind_queue: Option<String>,
+        /// Channels of the sink's connection (the bridge's `channels` setting).
+        #[arg(long, default_value_t = 4)]
+        channels: usize,
         #[command(flatten)]
         load: Load,
     },
@@ -111,13 +114,15 @@ fn main() -> Result<()> {
                 url,
                 exchange,
                 bind_queue,
+                channels,
                 load,
             } => {
                 if let Some(q) = &bind_queue {
                     bind(&url, &exchange, q).await?;
                 }
-                let cfg: RabbitConfig =
-                    serde_json::from_value(json!({ "url": url, "exchange": exchange }))?;
+                let cfg: RabbitConfig = serde_json::from_value(
+                    json!({ "url": url, "exchange": exchange, "channels": channels }),
+                )?;
                 let sink = Arc::new(RabbitSink::new("rabbit", &cfg)?);
                 let until = Instant::now() + Duration::from_secs(10);
                 while !sink.readiness().ready {
