@@ -28,6 +28,8 @@ pub enum Rejection {
     TestKeyWithEvents,
     #[error("body larger than {0} bytes")]
     TooLarge(usize),
+    #[error("the body did not arrive before the answer deadline")]
+    BodyTimeout,
     #[error("{0}")]
     Envelope(#[from] EnvelopeError),
     #[error("{failed} message(s) not confirmed by the broker: {first}")]
@@ -45,6 +47,7 @@ impl Rejection {
         match self {
             Rejection::Signature(_) | Rejection::TestKeyWithEvents => StatusCode::UNAUTHORIZED,
             Rejection::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejection::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Rejection::Envelope(_) => StatusCode::BAD_REQUEST,
             Rejection::Unconfirmed { .. }
             | Rejection::DeadlineExceeded(_)
@@ -58,6 +61,7 @@ impl Rejection {
             Rejection::Signature(e) => e.code(),
             Rejection::TestKeyWithEvents => "test_key_with_events",
             Rejection::TooLarge(_) => "body_too_large",
+            Rejection::BodyTimeout => "body_timeout",
             Rejection::Envelope(e) => e.code(),
             Rejection::Unconfirmed { .. } => "broker_unconfirmed",
             Rejection::DeadlineExceeded(_) => "broker_timeout",

@@ -54,8 +54,12 @@ async fn ingest(
         .clone()
         .try_acquire_owned()
         .map_err(|_| Rejection::Overloaded)?;
-    let body = axum::body::to_bytes(body, app.max_body_bytes)
+    // A slow sender must not hold an in-flight permit past the answer deadline.
+    let read = axum::body::to_bytes(body, app.max_body_bytes);
+    let deadline = tokio::time::Instant::from_std(started + app.answer_deadline);
+    let body = tokio::time::timeout_at(deadline, read)
         .await
+        .map_err(|_| Rejection::BodyTimeout)?
         .map_err(|_| Rejection::TooLarge(app.max_body_bytes))?;
     let signature = headers.get(HEADER).map(|v| v.as_bytes());
     let verdict = webhook

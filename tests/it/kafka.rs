@@ -408,3 +408,40 @@ async fn an_unreachable_cluster_fails_fast_and_reports_not_ready() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_gets_408_at_the_deadline_and_publishes_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _shared = SHARED_BROKERS.read().await;
+    let prefix = unique("stall");
+    create_topics(&kafka(), &[format!("{prefix}.task_created")], 1).await;
+    let bridge = Bridge::start(&config(&prefix, &kafka(), "1s")).await;
+    let body = batch(&[event("task_created", "1")]);
+    let sig = c360_bridge::signature::sign(KEY.as_bytes(), &body);
+    let mut conn = tokio::net::TcpStream::connect(bridge.addr).await.unwrap();
+    let head = format!(
+        "POST /hook HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-c360-signature: {sig}\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&body[..body.len() / 2]).await.unwrap();
+    let started = Instant::now();
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut answer))
+        .await
+        .expect("answered")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body_timeout"), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        consume(&kafka(), &format!("{prefix}.task_created"), 1)
+            .await
+            .is_empty()
+    );
+}
