@@ -78,9 +78,19 @@ impl Link {
         !self.conn.status().connected() || self.channels.iter().any(|c| !c.status().connected())
     }
 
-    fn pick(&self) -> &Channel {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
-        &self.channels[i]
+    /// Messages with the same key always take the same channel, so they keep their order;
+    /// the others are spread round-robin.
+    fn pick(&self, key: Option<&[u8]>) -> &Channel {
+        let i = match key {
+            Some(k) => {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                k.hash(&mut h);
+                h.finish() as usize
+            }
+            None => self.next.fetch_add(1, Ordering::Relaxed),
+        };
+        &self.channels[i % self.channels.len()]
     }
 }
 
@@ -257,7 +267,7 @@ impl Sink for RabbitSink {
         };
         let exchange = self.shared.cfg.exchange.as_str().into();
         let confirm = link
-            .pick()
+            .pick(msg.key.as_deref())
             .basic_publish(
                 exchange,
                 msg.destination.as_str().into(),

@@ -192,3 +192,31 @@ async fn fan_out_where_rabbitmq_fails_gets_503_and_the_resend_skips_kafka() {
     );
     assert_eq!(queue.drain().await.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_that_share_a_key_keep_their_order() {
+    let _shared = SHARED_BROKERS.read().await;
+    let exchange = unique("x");
+    let queue = Queue::bind(&exchange, &["#"], FieldTable::default()).await;
+    let routes = "[[routes]]\nmatch = \"*\"\nsinks = [\"rabbit\"]\nkey = \"/payload/new/id\"\n";
+    let bridge = Bridge::start(&config(&exchange, routes)).await;
+    let events: Vec<String> = (0..40)
+        .map(|i| {
+            format!(
+                r#"{{"event_class":"task_updated","payload":{{"new":{{"id":"same","seq":{i}}}}}}}"#
+            )
+        })
+        .collect();
+    assert_eq!(
+        post(&bridge.url("/hook"), &batch(&events), Some(KEY))
+            .await
+            .status,
+        200
+    );
+    let got: Vec<Vec<u8>> = queue.drain().await.into_iter().map(|m| m.body).collect();
+    let want: Vec<Vec<u8>> = events.into_iter().map(String::into_bytes).collect();
+    assert_eq!(
+        got, want,
+        "one key, one channel: the queue holds the batch's order"
+    );
+}
