@@ -311,3 +311,54 @@ fn validate(config: &Config, file: Option<&Path>) -> Result<(), ConfigError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure returns figment's own error type
+    fn keys_come_from_inline_env_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        std::fs::write(&keys, "from-file-1\n\n  from-file-2  \n").unwrap();
+        let cfg = dir.path().join("c.toml");
+        let toml = format!(
+            "[[webhooks]]\nname = \"w\"\npath = \"/h\"\nkeys = [\"inline\"]\nkeys_env = \"C360_TEST_KEYS_UNIT\"\nkeys_file = \"{}\"\n[sinks.k]\ntype = \"kafka\"\nbootstrap_servers = \"127.0.0.1:9092\"\n[[routes]]\nmatch = \"*\"\nsinks = [\"k\"]\n",
+            keys.display()
+        );
+        std::fs::write(&cfg, toml).unwrap();
+        // Jail sets the variable for this closure only.
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("C360_TEST_KEYS_UNIT", "env-1, env-2");
+            let config = load(Some(&cfg)).map_err(|e| e.to_string())?;
+            let got: Vec<&str> = config.webhooks[0]
+                .keys
+                .iter()
+                .map(|k| k.expose_secret())
+                .collect();
+            assert_eq!(
+                got,
+                ["inline", "env-1", "env-2", "from-file-1", "from-file-2"]
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_missing_keys_env_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        std::fs::write(
+            &cfg,
+            "[[webhooks]]\nname = \"w\"\npath = \"/h\"\nkeys_env = \"C360_SURELY_UNSET\"\n",
+        )
+        .unwrap();
+        let err = load(Some(&cfg)).unwrap_err().to_string();
+        assert!(
+            err.contains("webhooks[0].keys_env") && err.contains("C360_SURELY_UNSET"),
+            "{err}"
+        );
+    }
+}

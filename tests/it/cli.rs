@@ -387,3 +387,66 @@ async fn readyz_turns_503_when_the_broker_goes_away_and_metrics_count_what_happe
         "alive though not ready"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_listen_keeps_the_operational_endpoints_off_the_public_port() {
+    let _shared = SHARED_BROKERS.read().await;
+    let (public, admin) = (free_port(), free_port());
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:{public}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n[[webhooks]]\nname = \"w\"\npath = \"/hook\"\nkeys = [\"k\"]\n[sinks.kafka]\ntype = \"kafka\"\nbootstrap_servers = \"{}\"\n[[routes]]\nmatch = \"*\"\nsinks = [\"kafka\"]\n",
+        kafka()
+    );
+    let (_d, path) = write_config(&toml);
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", &path])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("serve");
+    let until = Instant::now() + Duration::from_secs(20);
+    while reqwest::get(format!("http://127.0.0.1:{admin}/readyz"))
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < until, "admin listener not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(
+        metrics
+            .text()
+            .await
+            .unwrap()
+            .contains("c360_sink_ready{sink=\"kafka\"} 1")
+    );
+    for p in ["/metrics", "/readyz", "/healthz"] {
+        let r = reply(reqwest::Client::new().get(format!("http://127.0.0.1:{public}{p}"))).await;
+        assert_eq!(
+            (r.status, r.json["error"].as_str()),
+            (404, Some("not_found")),
+            "{p} on the public port"
+        );
+    }
+    assert_eq!(
+        reqwest::Client::new()
+            .head(format!("http://127.0.0.1:{public}/hook"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    assert!(
+        tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap()
+            .success()
+    );
+}
