@@ -4,6 +4,7 @@ use crate::answer::{Answer, Rejection};
 use crate::app::{App, Webhook};
 use crate::config::Unrouted;
 use crate::envelope::{self, Event};
+use crate::ledger;
 use crate::metrics as m;
 use crate::signature::{HEADER, Verdict};
 use bytes::Bytes;
@@ -14,10 +15,11 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
-/// One message for one sink.
+/// One message for one sink, with its ledger key.
 struct Job {
     sink: usize,
     msg: Message,
+    ledger_key: ledger::Key,
 }
 
 /// Handles one POST on a webhook path and says what to answer.
@@ -111,12 +113,15 @@ fn plan(app: &App, webhook: &Webhook, body: &Bytes, events: &[Event]) -> Vec<Job
                 body: raw.clone(),
                 meta: meta.clone(),
             };
-            jobs.push(Job { sink: t.sink, msg });
+            let ledger_key = ledger::key(&meta.id, t.sink);
+            jobs.push(Job {
+                sink: t.sink,
+                msg,
+                ledger_key,
+            });
         }
     }
-    let seen = app
-        .ledger
-        .seen(jobs.iter().map(|j| (j.msg.meta.id.as_str(), j.sink)));
+    let seen = app.ledger.seen(jobs.iter().map(|j| j.ledger_key));
     let mut seen = seen.into_iter();
     jobs.retain(|j| {
         let skip = seen.next().unwrap_or(false);
@@ -151,10 +156,8 @@ pub fn event_ids(webhook: &str, events: &[Event]) -> Vec<String> {
         .collect()
 }
 
-/// What became of a batch's jobs.
-struct Outcome {
-    failures: Vec<(usize, SinkError)>,
-}
+/// The jobs of a batch that were not confirmed (index into the jobs, and why).
+type Failures = Vec<(usize, SinkError)>;
 
 /// Starts every job at once, waits for all confirms until the answer deadline.
 ///
@@ -179,11 +182,13 @@ async fn publish(
     });
     let deadline = tokio::time::Instant::from_std(started + app.answer_deadline);
     match tokio::time::timeout_at(deadline, rx).await {
-        Ok(Ok(o)) if o.failures.is_empty() => Ok(()),
-        Ok(Ok(o)) => Err(Rejection::Unconfirmed {
-            failed: o.failures.len(),
-            first: first_error(&o),
-        }),
+        Ok(Ok(failures)) => match failures.first() {
+            None => Ok(()),
+            Some((_, e)) => Err(Rejection::Unconfirmed {
+                failed: failures.len(),
+                first: e.to_string(),
+            }),
+        },
         Ok(Err(_)) => Err(Rejection::Unconfirmed {
             failed: 0,
             first: "publish task ended".into(),
@@ -192,14 +197,7 @@ async fn publish(
     }
 }
 
-fn first_error(o: &Outcome) -> String {
-    o.failures
-        .first()
-        .map(|(_, e)| e.to_string())
-        .unwrap_or_default()
-}
-
-async fn publish_all(app: &App, jobs: &[Job]) -> Outcome {
+async fn publish_all(app: &App, jobs: &[Job]) -> Failures {
     let started = Instant::now();
     let all = futures::future::join_all(jobs.iter().map(|j| app.sinks[j.sink].publish(&j.msg)));
     let results = match tokio::time::timeout(app.publish_deadline, all).await {
@@ -221,13 +219,10 @@ async fn publish_all(app: &App, jobs: &[Job]) -> Outcome {
             Err(e) => failures.push((i, e)),
         }
     }
-    app.ledger.record(
-        confirmed
-            .iter()
-            .map(|&i| (jobs[i].msg.meta.id.clone(), jobs[i].sink)),
-    );
+    app.ledger
+        .record(confirmed.iter().map(|&i| jobs[i].ledger_key));
     count(app, jobs, &confirmed, &failures, started);
-    Outcome { failures }
+    failures
 }
 
 fn log_outcome(webhook: &Webhook, answer: &Answer, rid: &str, started: Instant) {

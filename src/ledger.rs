@@ -10,7 +10,8 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-type Key = u128;
+/// What the ledger remembers of one (event id, sink) pair; see [`key`].
+pub type Key = u128;
 
 /// Keys are already uniform SHA-256 bits: hashing them again (SipHash) is wasted work.
 #[derive(Default)]
@@ -35,8 +36,9 @@ impl Hasher for KeyHasher {
 type KeyMap = HashMap<Key, Instant, BuildHasherDefault<KeyHasher>>;
 
 /// 128 bits of SHA-256 over the pair: a collision (which would skip an event) is as unlikely
-/// as a collision of the event ids themselves.
-fn key(id: &str, sink: usize) -> Key {
+/// as a collision of the event ids themselves. Computed once per message, then used to look
+/// the pair up and, once confirmed, to record it.
+pub fn key(id: &str, sink: usize) -> Key {
     let d = Sha256::new()
         .chain_update(id)
         .chain_update((sink as u64).to_le_bytes())
@@ -68,24 +70,23 @@ impl Ledger {
         }
     }
 
-    /// For each `(event id, sink)` pair, whether it was confirmed within the ttl.
-    pub fn seen<'a>(&self, pairs: impl Iterator<Item = (&'a str, usize)>) -> Vec<bool> {
+    /// For each key, whether its pair was confirmed within the ttl.
+    pub fn seen(&self, keys: impl Iterator<Item = Key>) -> Vec<bool> {
         let Ok(inner) = self.inner.lock() else {
-            return pairs.map(|_| false).collect();
+            return keys.map(|_| false).collect();
         };
         let now = Instant::now();
-        pairs
-            .map(|(id, sink)| {
-                inner
-                    .confirmed
-                    .get(&key(id, sink))
-                    .is_some_and(|at| now.duration_since(*at) < self.ttl)
-            })
-            .collect()
+        keys.map(|k| {
+            inner
+                .confirmed
+                .get(&k)
+                .is_some_and(|at| now.duration_since(*at) < self.ttl)
+        })
+        .collect()
     }
 
     /// Records confirmed pairs, evicting the oldest past the bounds.
-    pub fn record(&self, pairs: impl Iterator<Item = (String, usize)>) {
+    pub fn record(&self, keys: impl Iterator<Item = Key>) {
         if self.max_entries == 0 {
             return;
         }
@@ -93,8 +94,7 @@ impl Ledger {
             return;
         };
         let now = Instant::now();
-        for (id, sink) in pairs {
-            let k = key(&id, sink);
+        for k in keys {
             inner.confirmed.insert(k, now);
             inner.order.push_back((k, now));
         }
@@ -135,9 +135,9 @@ mod tests {
     #[test]
     fn remembers_confirmed_pairs_per_sink() {
         let l = Ledger::new(10, Duration::from_secs(60));
-        l.record([("a".to_owned(), 0), ("b".to_owned(), 1)].into_iter());
+        l.record([key("a", 0), key("b", 1)].into_iter());
         assert_eq!(
-            l.seen([("a", 0), ("a", 1), ("b", 1), ("c", 0)].into_iter()),
+            l.seen([key("a", 0), key("a", 1), key("b", 1), key("c", 0)].into_iter()),
             vec![true, false, true, false]
         );
     }
@@ -145,10 +145,10 @@ mod tests {
     #[test]
     fn bounded_in_entries() {
         let l = Ledger::new(3, Duration::from_secs(60));
-        l.record((0..10).map(|i| (i.to_string(), 0)));
+        l.record((0..10).map(|i| key(&i.to_string(), 0)));
         assert_eq!(l.len(), 3);
         assert_eq!(
-            l.seen(["0", "9"].into_iter().map(|s| (s, 0))),
+            l.seen(["0", "9"].into_iter().map(|s| key(s, 0))),
             vec![false, true]
         );
     }
@@ -156,8 +156,8 @@ mod tests {
     #[test]
     fn bounded_in_time() {
         let l = Ledger::new(10, Duration::ZERO);
-        l.record([("a".to_owned(), 0)].into_iter());
-        assert_eq!(l.seen([("a", 0)].into_iter()), vec![false]);
+        l.record([key("a", 0)].into_iter());
+        assert_eq!(l.seen([key("a", 0)].into_iter()), vec![false]);
         assert!(l.is_empty());
     }
 }

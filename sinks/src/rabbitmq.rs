@@ -49,11 +49,15 @@ fn default_channels() -> usize {
 impl RabbitConfig {
     /// Checks what can be checked without connecting.
     pub fn validate(&self) -> Result<(), RabbitSetupError> {
-        exchange_kind(&self.exchange_type)?;
+        self.exchange_kind().map(|_| ())
+    }
+
+    /// The validated exchange type.
+    fn exchange_kind(&self) -> Result<ExchangeKind, RabbitSetupError> {
         if self.channels == 0 || self.channels > 64 {
             return Err(RabbitSetupError::Channels(self.channels));
         }
-        Ok(())
+        exchange_kind(&self.exchange_type)
     }
 }
 
@@ -113,8 +117,7 @@ impl RabbitSink {
     /// Validates the configuration and starts connecting in the background; the sink is not
     /// ready (and fails publishes fast) until the first connection is up.
     pub fn new(name: &str, cfg: &RabbitConfig) -> Result<Self, RabbitSetupError> {
-        cfg.validate()?;
-        let kind = exchange_kind(&cfg.exchange_type)?;
+        let kind = cfg.exchange_kind()?;
         let shared = Arc::new(Shared {
             name: name.to_owned(),
             cfg: cfg.clone(),

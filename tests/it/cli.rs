@@ -158,9 +158,9 @@ async fn send_posts_a_signed_sample_of_every_class() {
     let _shared = SHARED_BROKERS.read().await;
     let exchange = unique("x");
     let queue = Queue::bind(&exchange, &["#"], lapin::types::FieldTable::default()).await;
-    let toml = format!(
-        "[[webhooks]]\nname = \"w\"\npath = \"/hook\"\nkeys = [\"sk\"]\n[sinks.rabbit]\ntype = \"rabbitmq\"\nurl = \"{RABBIT_URL}\"\nexchange = \"{exchange}\"\n[[routes]]\nmatch = \"*\"\nsinks = [\"rabbit\"]\n"
-    );
+    let toml = webhook_toml("w", "sk")
+        + &rabbit_sink_toml("rabbit", &exchange)
+        + &route_all_toml(&["rabbit"], "");
     let bridge = Bridge::start(&toml).await;
     let url = bridge.url("/hook");
     let (code, out, err) =
@@ -255,10 +255,10 @@ async fn serve_from_env_stops_cleanly_on_sigterm_and_every_200_is_in_the_topic()
     let topic = unique("term");
     create_topics(&kafka(), std::slice::from_ref(&topic), 3).await;
     let secret = "very-secret-key-0123456789";
-    let toml = format!(
-        "[[webhooks]]\nname = \"w\"\npath = \"/hook\"\nkeys_env = \"TEST_C360_KEYS\"\n[sinks.kafka]\ntype = \"kafka\"\nbootstrap_servers = \"{}\"\n[sinks.kafka.librdkafka]\n\"compression.type\" = \"none\"\n[[routes]]\nmatch = \"*\"\nsinks = [\"kafka\"]\ntopic = \"{topic}\"\n",
-        kafka()
-    );
+    let toml = "[[webhooks]]\nname = \"w\"\npath = \"/hook\"\nkeys_env = \"TEST_C360_KEYS\"\n"
+        .to_owned()
+        + &kafka_sink_toml("kafka", &kafka())
+        + &route_all_toml(&["kafka"], &format!("topic = \"{topic}\"\n"));
     let (_d, path) = write_config(&toml);
     let port = free_port();
     let mut child = Command::new(BIN)
@@ -335,10 +335,9 @@ async fn serve_from_env_stops_cleanly_on_sigterm_and_every_200_is_in_the_topic()
 async fn readyz_turns_503_when_the_broker_goes_away_and_metrics_count_what_happened() {
     let mut tansu = Tansu::start_sqlite().await;
     create_topics(&tansu.addr, &["m".into()], 1).await;
-    let toml = format!(
-        "[[webhooks]]\nname = \"metrics-wh\"\npath = \"/hook\"\nkeys = [\"k\"]\n[sinks.kafka]\ntype = \"kafka\"\nbootstrap_servers = \"{}\"\n[sinks.kafka.librdkafka]\n\"compression.type\" = \"none\"\n[[routes]]\nmatch = \"*\"\nsinks = [\"kafka\"]\ntopic = \"m\"\n",
-        tansu.addr
-    );
+    let toml = webhook_toml("metrics-wh", "k")
+        + &kafka_sink_toml("kafka", &tansu.addr)
+        + &route_all_toml(&["kafka"], "topic = \"m\"\n");
     let bridge = Bridge::start(&toml).await;
     assert_eq!(
         post(
@@ -393,8 +392,10 @@ async fn admin_listen_keeps_the_operational_endpoints_off_the_public_port() {
     let _shared = SHARED_BROKERS.read().await;
     let (public, admin) = (free_port(), free_port());
     let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:{public}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n[[webhooks]]\nname = \"w\"\npath = \"/hook\"\nkeys = [\"k\"]\n[sinks.kafka]\ntype = \"kafka\"\nbootstrap_servers = \"{}\"\n[[routes]]\nmatch = \"*\"\nsinks = [\"kafka\"]\n",
-        kafka()
+        "[server]\nlisten = \"127.0.0.1:{public}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n{}{}{}",
+        webhook_toml("w", "k"),
+        kafka_sink_toml("kafka", &kafka()),
+        route_all_toml(&["kafka"], "")
     );
     let (_d, path) = write_config(&toml);
     let mut child = Command::new(BIN)

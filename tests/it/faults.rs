@@ -13,24 +13,10 @@ const KEY: &str = "fault-key";
 
 fn kafka_config(bootstrap: &str, topic: &str, ack_timeout: &str, server_extra: &str) -> String {
     format!(
-        r#"
-[server]
-ack_timeout = "{ack_timeout}"
-{server_extra}
-[[webhooks]]
-name = "wh"
-path = "/hook"
-keys = ["{KEY}"]
-[sinks.kafka]
-type = "kafka"
-bootstrap_servers = "{bootstrap}"
-[sinks.kafka.librdkafka]
-"compression.type" = "none"
-[[routes]]
-match = "*"
-sinks = ["kafka"]
-topic = "{topic}"
-"#
+        "[server]\nack_timeout = \"{ack_timeout}\"\n{server_extra}\n{}{}{}",
+        webhook_toml("wh", KEY),
+        kafka_sink_toml("kafka", bootstrap),
+        route_all_toml(&["kafka"], &format!("topic = \"{topic}\"\n"))
     )
 }
 
@@ -316,21 +302,10 @@ async fn tansu_killed_mid_load_and_restarted_loses_no_acknowledged_event() {
 
 fn rabbit_config(exchange: &str) -> String {
     format!(
-        r#"
-[server]
-ack_timeout = "3s"
-[[webhooks]]
-name = "wh"
-path = "/hook"
-keys = ["{KEY}"]
-[sinks.rabbit]
-type = "rabbitmq"
-url = "{RABBIT_URL}"
-exchange = "{exchange}"
-[[routes]]
-match = "*"
-sinks = ["rabbit"]
-"#
+        "[server]\nack_timeout = \"3s\"\n{}{}{}",
+        webhook_toml("wh", KEY),
+        rabbit_sink_toml("rabbit", exchange),
+        route_all_toml(&["rabbit"], "")
     )
 }
 
@@ -426,26 +401,11 @@ async fn conservation_soak_under_random_faults() {
     let exchange = unique("x");
     let queue = Queue::bind(&exchange, &["#"], FieldTable::default()).await;
     let toml = format!(
-        r#"
-[server]
-ack_timeout = "3s"
-[[webhooks]]
-name = "wh"
-path = "/hook"
-keys = ["{KEY}"]
-[sinks.kafka]
-type = "kafka"
-bootstrap_servers = "{mock}"
-[sinks.rabbit]
-type = "rabbitmq"
-url = "{RABBIT_URL}"
-exchange = "{exchange}"
-[[routes]]
-match = "*"
-sinks = ["kafka", "rabbit"]
-topic = "soak"
-"#,
-        mock = cluster.bootstrap_servers()
+        "[server]\nack_timeout = \"3s\"\n{}{}{}{}",
+        webhook_toml("wh", KEY),
+        kafka_sink_toml("kafka", &cluster.bootstrap_servers()),
+        rabbit_sink_toml("rabbit", &exchange),
+        route_all_toml(&["kafka", "rabbit"], "topic = \"soak\"\n")
     );
     let bridge = Bridge::start(&toml).await;
     let now = std::time::SystemTime::now()

@@ -47,6 +47,32 @@ pub fn unique(prefix: &str) -> String {
 /// Serialises tests that disturb a shared broker (stop it, block it) against all others.
 pub static SHARED_BROKERS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
+// ---------------------------------------------------------------- config fragments
+
+/// `[[webhooks]]` named `name` on `/hook`, verified with `key`.
+pub fn webhook_toml(name: &str, key: &str) -> String {
+    format!("[[webhooks]]\nname = \"{name}\"\npath = \"/hook\"\nkeys = [\"{key}\"]\n")
+}
+
+/// `[sinks.NAME]` for Kafka at `bootstrap`, without compression (tansu needs none).
+pub fn kafka_sink_toml(name: &str, bootstrap: &str) -> String {
+    format!(
+        "[sinks.{name}]\ntype = \"kafka\"\nbootstrap_servers = \"{bootstrap}\"\n[sinks.{name}.librdkafka]\n\"compression.type\" = \"none\"\n"
+    )
+}
+
+/// `[sinks.NAME]` for the suite's RabbitMQ, publishing to `exchange`.
+pub fn rabbit_sink_toml(name: &str, exchange: &str) -> String {
+    format!(
+        "[sinks.{name}]\ntype = \"rabbitmq\"\nurl = \"{RABBIT_URL}\"\nexchange = \"{exchange}\"\n"
+    )
+}
+
+/// A catch-all `[[routes]]` to `sinks`, followed by `extra` keys of the route.
+pub fn route_all_toml(sinks: &[&str], extra: &str) -> String {
+    format!("[[routes]]\nmatch = \"*\"\nsinks = {sinks:?}\n{extra}")
+}
+
 /// A bridge running in this process on an ephemeral port.
 pub struct Bridge {
     pub addr: SocketAddr,

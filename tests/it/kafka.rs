@@ -7,28 +7,12 @@ const KEY: &str = "current-key";
 
 /// A one-webhook, Kafka-only config whose topics are `<prefix>.<event_class>`.
 fn config(prefix: &str, bootstrap: &str, ack_timeout: &str) -> String {
-    format!(
-        r#"
-[server]
-ack_timeout = "{ack_timeout}"
-max_body_bytes = 4096
-[[webhooks]]
-name = "{prefix}-wh"
-path = "/hook"
-keys = ["{KEY}", "previous-key"]
-max_events = 5
-[sinks.kafka]
-type = "kafka"
-bootstrap_servers = "{bootstrap}"
-[sinks.kafka.librdkafka]
-"compression.type" = "none"
-[[routes]]
-match = "*"
-sinks = ["kafka"]
-topic = "{prefix}.{{event_class}}"
-key = "/payload/new/id"
-"#
-    )
+    let server = format!("[server]\nack_timeout = \"{ack_timeout}\"\nmax_body_bytes = 4096\n");
+    let webhook = format!(
+        "[[webhooks]]\nname = \"{prefix}-wh\"\npath = \"/hook\"\nkeys = [\"{KEY}\", \"previous-key\"]\nmax_events = 5\n"
+    );
+    let route = format!("topic = \"{prefix}.{{event_class}}\"\nkey = \"/payload/new/id\"\n");
+    server + &webhook + &kafka_sink_toml("kafka", bootstrap) + &route_all_toml(&["kafka"], &route)
 }
 
 async fn bridge_with_topics(classes: &[&str]) -> (Bridge, String) {

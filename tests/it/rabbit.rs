@@ -7,36 +7,23 @@ const KEY: &str = "rabbit-key";
 
 fn config(exchange: &str, routes: &str) -> String {
     format!(
-        r#"
-[server]
-ack_timeout = "5s"
-[[webhooks]]
-name = "wh"
-path = "/hook"
-keys = ["{KEY}"]
-[sinks.kafka]
-type = "kafka"
-bootstrap_servers = "{kafka}"
-[sinks.kafka.librdkafka]
-"compression.type" = "none"
-[sinks.rabbit]
-type = "rabbitmq"
-url = "{RABBIT_URL}"
-exchange = "{exchange}"
-{routes}
-"#,
-        kafka = kafka()
+        "[server]\nack_timeout = \"5s\"\n{}{}{}{routes}",
+        webhook_toml("wh", KEY),
+        kafka_sink_toml("kafka", &kafka()),
+        rabbit_sink_toml("rabbit", exchange)
     )
 }
 
-const TO_RABBIT: &str = "[[routes]]\nmatch = \"*\"\nsinks = [\"rabbit\"]\n";
+fn to_rabbit() -> String {
+    route_all_toml(&["rabbit"], "")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_arrive_persistent_with_properties_and_headers() {
     let _shared = SHARED_BROKERS.read().await;
     let exchange = unique("x");
     let queue = Queue::bind(&exchange, &["#"], FieldTable::default()).await;
-    let bridge = Bridge::start(&config(&exchange, TO_RABBIT)).await;
+    let bridge = Bridge::start(&config(&exchange, &to_rabbit())).await;
     let events = [
         event("task_created", "1"),
         event("assetitem_updated", "2"),
@@ -74,7 +61,7 @@ async fn an_unroutable_event_gets_503_and_the_resend_after_binding_completes_it(
     let _shared = SHARED_BROKERS.read().await;
     let exchange = unique("x");
     let queue = Queue::bind(&exchange, &["task_created"], FieldTable::default()).await;
-    let bridge = Bridge::start(&config(&exchange, TO_RABBIT)).await;
+    let bridge = Bridge::start(&config(&exchange, &to_rabbit())).await;
 
     let lonely = batch(&[event("shipment_created", "s")]);
     let r = post(&bridge.url("/hook"), &lonely, Some(KEY)).await;
@@ -111,7 +98,7 @@ async fn a_nack_gets_503() {
     let _shared = SHARED_BROKERS.read().await;
     let exchange = unique("x");
     let full = Queue::bind(&exchange, &["#"], reject_everything()).await;
-    let bridge = Bridge::start(&config(&exchange, TO_RABBIT)).await;
+    let bridge = Bridge::start(&config(&exchange, &to_rabbit())).await;
     let r = post(
         &bridge.url("/hook"),
         &batch(&[event("task_created", "1")]),
@@ -129,8 +116,9 @@ async fn a_nack_gets_503() {
 }
 
 fn fan_out(prefix: &str) -> String {
-    format!(
-        "[[routes]]\nmatch = \"*\"\nsinks = [\"kafka\", \"rabbit\"]\ntopic = \"{prefix}.{{event_class}}\"\n"
+    route_all_toml(
+        &["kafka", "rabbit"],
+        &format!("topic = \"{prefix}.{{event_class}}\"\n"),
     )
 }
 
@@ -198,8 +186,8 @@ async fn events_that_share_a_key_keep_their_order() {
     let _shared = SHARED_BROKERS.read().await;
     let exchange = unique("x");
     let queue = Queue::bind(&exchange, &["#"], FieldTable::default()).await;
-    let routes = "[[routes]]\nmatch = \"*\"\nsinks = [\"rabbit\"]\nkey = \"/payload/new/id\"\n";
-    let bridge = Bridge::start(&config(&exchange, routes)).await;
+    let routes = route_all_toml(&["rabbit"], "key = \"/payload/new/id\"\n");
+    let bridge = Bridge::start(&config(&exchange, &routes)).await;
     let events: Vec<String> = (0..40)
         .map(|i| {
             format!(
