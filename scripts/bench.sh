@@ -8,7 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-10s}"; CONCURRENCY="${CONCURRENCY:-8}"; BATCH="${BATCH:-100}"; EVENT_SIZE="${EVENT_SIZE:-1024}"
 OUT="${BENCH_OUT:-target/bench}"; mkdir -p "$OUT"
-eval "$(scripts/brokers.sh start)"
+# A separate assignment, so that `set -e` stops here when a broker cannot start.
+brokers_env=$(scripts/brokers.sh start)
+eval "$brokers_env"
 cargo build --release --locked --bins >&2
 BIN=target/release/c360-bridge; LG=target/release/c360-loadgen
 KEY=bench-key; PORT=18181

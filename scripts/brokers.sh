@@ -27,6 +27,17 @@ tansu_bin() {
   echo "$CACHE/bin/tansu"
 }
 
+# `await_startup` fails at once while a node that was just launched has not registered with
+# epmd yet ("node 'rabbit' not running at all"), so ask again until it answers or time runs out.
+await_rabbitmq() { # seconds
+  local deadline=$(( SECONDS + $1 ))
+  while (( SECONDS < deadline )); do
+    rabbitmqctl -q await_startup --timeout 30 >/dev/null 2>&1 && return 0
+    sleep 1
+  done
+  rabbitmqctl -q await_startup --timeout 5 >&2 # one last try, whose diagnostics reach the log
+}
+
 start_rabbitmq() {
   if ! command -v rabbitmq-server >/dev/null; then
     log "installing rabbitmq-server (Debian)"
@@ -37,7 +48,7 @@ start_rabbitmq() {
     log "starting RabbitMQ"
     rabbitmq-server -detached >&2 2>&1 || true
   fi
-  timeout 120 rabbitmqctl -q await_startup >&2
+  await_rabbitmq 120 || { log "RabbitMQ did not start; see /var/log/rabbitmq/"; exit 1; }
   wait_port 5672 60 || { log "RabbitMQ did not open 5672"; exit 1; }
   log "RabbitMQ ready on 127.0.0.1:5672"
 }

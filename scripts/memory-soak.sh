@@ -6,7 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET="${1:-kafka}"; DURATION="${DURATION:-300s}"; RATE="${RATE:-50}"; SAMPLE="${SAMPLE:-15}"
 OUT="${BENCH_OUT:-target/bench}"; mkdir -p "$OUT"
-eval "$(scripts/brokers.sh start)"
+# A separate assignment, so that `set -e` stops here when a broker cannot start.
+brokers_env=$(scripts/brokers.sh start)
+eval "$brokers_env"
 cargo build --release --locked --bins >&2
 PORT=18183
 case "$TARGET" in
