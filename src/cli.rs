@@ -93,13 +93,22 @@ fn init_tracing(format: LogFormat, level: Option<&str>) {
     }
 }
 
+/// The multi-threaded runtime `serve` runs on; `workers` 0 means one thread per core.
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        builder.worker_threads(workers);
+    }
+    builder.enable_all().build()
+}
+
 fn serve(file: &Path, log_format: Option<LogFormat>) -> Result<()> {
     let config = config::load(Some(file))?;
     init_tracing(
         log_format.unwrap_or(config.log.format),
         config.log.level.as_deref(),
     );
-    let rt = tokio::runtime::Runtime::new()?;
+    let rt = runtime(config.server.worker_threads)?;
     rt.block_on(async {
         let listen = config.server.listen.clone();
         let admin = config.server.admin_listen.clone();

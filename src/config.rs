@@ -43,6 +43,8 @@ pub struct ServerConfig {
     pub ack_timeout: Duration,
     /// Batches being published at once; past it new batches get an immediate 503.
     pub max_in_flight_batches: usize,
+    /// Threads of the async runtime that serves HTTP and drives the sinks; 0 = one per core.
+    pub worker_threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +55,7 @@ impl Default for ServerConfig {
             max_body_bytes: 16 * 1024 * 1024,
             ack_timeout: Duration::from_secs(20),
             max_in_flight_batches: 512,
+            worker_threads: 0,
         }
     }
 }

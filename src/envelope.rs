@@ -1,7 +1,7 @@
 //! The catalog360 envelope, split into events without re-serialising them (`RawValue`).
 
 use serde::Deserialize;
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use std::fmt;
 
@@ -41,7 +41,54 @@ impl EnvelopeError {
 #[derive(Deserialize)]
 struct Envelope<'a> {
     #[serde(borrow)]
-    events: Option<&'a RawValue>,
+    events: Option<Events<'a>>,
+}
+
+/// The `events` member, split into raw elements in the same pass that validates the body.
+enum Events<'a> {
+    Array(Vec<&'a RawValue>),
+    NotAnArray,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Events<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(EventsVisitor)
+    }
+}
+
+struct EventsVisitor;
+
+impl<'de> Visitor<'de> for EventsVisitor {
+    type Value = Events<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an array of events")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut raws = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(raw) = seq.next_element::<&'de RawValue>()? {
+            raws.push(raw);
+        }
+        Ok(Events::Array(raws))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Events::NotAnArray)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(Events::NotAnArray)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(Events::NotAnArray)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(Events::NotAnArray)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(Events::NotAnArray)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(Events::NotAnArray)
+    }
 }
 
 #[derive(Deserialize)]
@@ -59,9 +106,9 @@ pub fn split(body: &[u8], max_events: usize) -> Result<Vec<Event<'_>>, EnvelopeE
     }
     let env: Envelope =
         serde_json::from_slice(body).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
-    let events = env.events.ok_or(EnvelopeError::NoEvents)?;
-    let raws: Vec<&RawValue> =
-        serde_json::from_str(events.get()).map_err(|_| EnvelopeError::NoEvents)?;
+    let Some(Events::Array(raws)) = env.events else {
+        return Err(EnvelopeError::NoEvents);
+    };
     if raws.len() > max_events {
         return Err(EnvelopeError::TooMany {
             count: raws.len(),
@@ -190,9 +237,17 @@ mod tests {
             split(br#"{"x":[]}"#, 100).unwrap_err(),
             EnvelopeError::NoEvents
         );
+        for not_an_array in [r#"{}"#, r#"{"a":[1]}"#, "null", "\"x\"", "7", "true"] {
+            let body = format!(r#"{{"events":{not_an_array}}}"#);
+            assert_eq!(
+                split(body.as_bytes(), 100).unwrap_err(),
+                EnvelopeError::NoEvents,
+                "{body}"
+            );
+        }
         assert_eq!(
-            split(br#"{"events":{}}"#, 100).unwrap_err(),
-            EnvelopeError::NoEvents
+            split(br#"{"events":[1,}"#, 100).unwrap_err().code(),
+            "invalid_json"
         );
         assert_eq!(
             split(br#"{"events":[{},{}]}"#, 1).unwrap_err(),

@@ -4,12 +4,12 @@ use crate::answer::{Answer, Rejection};
 use crate::app::{App, Webhook};
 use crate::config::Unrouted;
 use crate::envelope::{self, Event};
+use crate::event_id::event_ids;
 use crate::ledger;
 use crate::metrics as m;
 use crate::signature::{HEADER, Verdict};
 use bytes::Bytes;
 use c360_sinks::{EventMeta, Message, SinkError};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -96,7 +96,7 @@ fn plan(app: &App, webhook: &Webhook, body: &Bytes, events: &[Event]) -> Vec<Job
             continue;
         };
         let meta = Arc::new(EventMeta {
-            id,
+            id: id.to_string(),
             event_class: event.event_class.clone(),
             payload_class: event.payload_class.clone(),
             webhook: webhook.name.clone(),
@@ -113,7 +113,7 @@ fn plan(app: &App, webhook: &Webhook, body: &Bytes, events: &[Event]) -> Vec<Job
                 body: raw.clone(),
                 meta: meta.clone(),
             };
-            let ledger_key = ledger::key(&meta.id, t.sink);
+            let ledger_key = id.ledger_key(t.sink);
             jobs.push(Job {
                 sink: t.sink,
                 msg,
@@ -131,29 +131,6 @@ fn plan(app: &App, webhook: &Webhook, body: &Bytes, events: &[Event]) -> Vec<Job
         !skip
     });
     jobs
-}
-
-/// Stable event ids: SHA-256 of the webhook name and the event's exact bytes (first 128 bits,
-/// hex); the k-th repeat of identical bytes within one batch gets the suffix `-k`.
-pub fn event_ids(webhook: &str, events: &[Event]) -> Vec<String> {
-    let mut repeats: HashMap<[u8; 16], usize> = HashMap::new();
-    events
-        .iter()
-        .map(|e| {
-            let digest = Sha256::new()
-                .chain_update(webhook)
-                .chain_update([0u8])
-                .chain_update(e.raw.get())
-                .finalize();
-            let mut head = [0u8; 16];
-            head.copy_from_slice(&digest[..16]);
-            let seen_before = repeats.entry(head).and_modify(|n| *n += 1).or_insert(0);
-            match *seen_before {
-                0 => hex::encode(head),
-                k => format!("{}-{k}", hex::encode(head)),
-            }
-        })
-        .collect()
 }
 
 /// The jobs of a batch that were not confirmed (index into the jobs, and why).

@@ -4,18 +4,17 @@
 //! it (the README lists the duplicates a consumer can therefore still see). An entry is a
 //! 128-bit digest of (event id, sink) plus a timestamp, about 80 bytes with the map's overhead.
 
-use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// What the ledger remembers of one (event id, sink) pair; see [`key`].
+/// What the ledger remembers of one (event id, sink) pair: see `EventId::ledger_key`.
 pub type Key = u128;
 
 /// Keys are already uniform SHA-256 bits: hashing them again (SipHash) is wasted work.
 #[derive(Default)]
-struct KeyHasher(u64);
+pub struct KeyHasher(u64);
 
 impl Hasher for KeyHasher {
     fn finish(&self) -> u64 {
@@ -33,20 +32,10 @@ impl Hasher for KeyHasher {
     }
 }
 
-type KeyMap = HashMap<Key, Instant, BuildHasherDefault<KeyHasher>>;
+/// For maps keyed by SHA-256 bits (the ledger, and the repeat count of event ids).
+pub type BuildKeyHasher = BuildHasherDefault<KeyHasher>;
 
-/// 128 bits of SHA-256 over the pair: a collision (which would skip an event) is as unlikely
-/// as a collision of the event ids themselves. Computed once per message, then used to look
-/// the pair up and, once confirmed, to record it.
-pub fn key(id: &str, sink: usize) -> Key {
-    let d = Sha256::new()
-        .chain_update(id)
-        .chain_update((sink as u64).to_le_bytes())
-        .finalize();
-    let mut k = [0u8; 16];
-    k.copy_from_slice(&d[..16]);
-    u128::from_le_bytes(k)
-}
+type KeyMap = HashMap<Key, Instant, BuildKeyHasher>;
 
 /// Remembers confirmations for at most `max_entries` pairs and `ttl`.
 pub struct Ledger {
@@ -131,6 +120,14 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stand-in for `EventId::ledger_key`: any distinct u128 per (name, sink) will do.
+    fn key(name: &str, sink: usize) -> Key {
+        name.bytes()
+            .fold(sink as u128, |k, b| k.wrapping_mul(257) + u128::from(b))
+            << 8
+            | sink as u128
+    }
 
     #[test]
     fn remembers_confirmed_pairs_per_sink() {

@@ -6,6 +6,7 @@ pub mod app;
 pub mod config;
 pub mod dev;
 pub mod envelope;
+pub mod event_id;
 pub mod http;
 pub mod ingest;
 pub mod ledger;

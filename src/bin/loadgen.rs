@@ -19,6 +19,10 @@ use std::time::{Duration, Instant};
 struct Cli {
     #[command(subcommand)]
     mode: Mode,
+    /// Threads of the generator's async runtime (0 = one per core); give the `direct` modes
+    /// the bridge's `server.worker_threads` to compare like with like.
+    #[arg(long, global = true, default_value_t = 0)]
+    worker_threads: usize,
 }
 
 #[derive(Args, Clone)]
@@ -93,7 +97,11 @@ struct Tally {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Runtime::new()?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if cli.worker_threads > 0 {
+        builder.worker_threads(cli.worker_threads);
+    }
+    let rt = builder.enable_all().build()?;
     let report = rt.block_on(async {
         match cli.mode {
             Mode::Http { url, key, load } => http(url, key, load).await,
@@ -255,7 +263,7 @@ async fn direct(sink: Arc<dyn Sink>, prefix: String, load: Load) -> Result<serde
 
 fn messages(body: &Bytes, prefix: &str, webhook: &Arc<str>) -> Result<Vec<Message>> {
     let events = c360_bridge::envelope::split(body, usize::MAX)?;
-    let ids = c360_bridge::ingest::event_ids(webhook, &events);
+    let ids = c360_bridge::event_id::event_ids(webhook, &events);
     Ok(events
         .iter()
         .zip(ids)
@@ -264,7 +272,7 @@ fn messages(body: &Bytes, prefix: &str, webhook: &Arc<str>) -> Result<Vec<Messag
             key: None,
             body: body.slice_ref(e.raw.get().as_bytes()),
             meta: Arc::new(EventMeta {
-                id,
+                id: id.to_string(),
                 event_class: e.event_class.clone(),
                 payload_class: e.payload_class.clone(),
                 webhook: webhook.clone(),
