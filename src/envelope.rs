@@ -91,12 +91,89 @@ impl<'de> Visitor<'de> for EventsVisitor {
     }
 }
 
-#[derive(Deserialize)]
+/// The top-level fields of an event the bridge routes on, as raw JSON.
+#[derive(Default)]
 struct Head<'a> {
-    #[serde(borrow)]
     event_class: Option<&'a RawValue>,
-    #[serde(borrow)]
     payload_class: Option<&'a RawValue>,
+}
+
+impl<'a> Head<'a> {
+    /// Reads `raw`'s head, stopping as soon as both fields are known. The whole event was
+    /// validated as JSON when the envelope was split, so the rest (usually the bulk: the
+    /// payload) need not be read again; a repeated field after that point goes unnoticed.
+    fn read(raw: &'a RawValue) -> Result<Self, serde_json::Error> {
+        let mut head = Head::default();
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        match HeadSeed(&mut head).deserialize(&mut de) {
+            Ok(()) => Ok(head),
+            Err(_) if head.complete() => Ok(head),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn complete(&self) -> bool {
+        self.event_class.is_some() && self.payload_class.is_some()
+    }
+}
+
+/// Fills a [`Head`]; returns early (which the deserializer reports as an error) once complete.
+struct HeadSeed<'h, 'a>(&'h mut Head<'a>);
+
+impl<'de> DeserializeSeed<'de> for HeadSeed<'_, 'de> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for HeadSeed<'_, 'de> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        const FIELDS: [&str; 2] = ["event_class", "payload_class"];
+        while let Some(field) = map.next_key_seed(KeyIndex(&FIELDS))? {
+            let slot = match field {
+                Some(0) => &mut self.0.event_class,
+                Some(_) => &mut self.0.payload_class,
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            if slot.is_some() {
+                return Err(serde::de::Error::custom("repeated field"));
+            }
+            *slot = Some(map.next_value()?);
+            if self.0.complete() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Deserializes an object key to its index among `names` (None for any other key), without
+/// allocating for the key.
+struct KeyIndex<'n>(&'n [&'n str]);
+
+impl<'de> DeserializeSeed<'de> for KeyIndex<'_> {
+    type Value = Option<usize>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyIndex<'_> {
+    type Value = Option<usize>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_str<E>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(self.0.iter().position(|n| *n == key))
+    }
 }
 
 /// Splits `body` into its events; other top-level fields are ignored.
@@ -126,7 +203,7 @@ fn event(index: usize, raw: &RawValue) -> Result<Event<'_>, EnvelopeError> {
         index,
         reason: reason.to_owned(),
     };
-    let head: Head = serde_json::from_str(raw.get()).map_err(|_| bad("not a JSON object"))?;
+    let head = Head::read(raw).map_err(|_| bad("not a JSON object"))?;
     let class = head.event_class.ok_or_else(|| bad("has no event_class"))?;
     let event_class = name(class).ok_or_else(|| bad(NAME_RULE_CLASS))?;
     let payload_class = match head.payload_class {
@@ -192,8 +269,8 @@ impl<'de> Visitor<'de> for FieldSeed<'_> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut found = None;
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if found.is_none() && key == self.0 {
+        while let Some(hit) = map.next_key_seed(KeyIndex(&[self.0]))? {
+            if found.is_none() && hit.is_some() {
                 found = Some(map.next_value::<&'de RawValue>()?);
             } else {
                 map.next_value::<IgnoredAny>()?;
@@ -282,9 +359,28 @@ mod tests {
     }
 
     #[test]
+    fn the_head_is_found_wherever_it_sits_and_escaped_keys_count() {
+        let body = br#"{"events":[{"payload":{"event_class":"inner"},"payload_class":"task","event_class":"task_created"},{"ev\u0065nt_class":"a","payload_class":null}]}"#;
+        let events = split(body, 100).unwrap();
+        assert_eq!(events[0].event_class, "task_created");
+        assert_eq!(events[0].payload_class.as_deref(), Some("task"));
+        assert_eq!(events[1].event_class, "a");
+        assert_eq!(events[1].payload_class, None);
+        let repeated = split(
+            br#"{"events":[{"event_class":"a","event_class":"b"}]}"#,
+            100,
+        );
+        assert!(matches!(
+            repeated,
+            Err(EnvelopeError::BadEvent { index: 0, .. })
+        ));
+    }
+
+    #[test]
     fn pointer_finds_nested_values() {
         let raw: &RawValue =
-            serde_json::from_str(r#"{"payload":{"old":{"id":7},"new":{"id":"a\"b"}}}"#).unwrap();
+            serde_json::from_str(r#"{"payload":{"old":{"id":7},"n\u0065w":{"id":"a\"b"}}}"#)
+                .unwrap();
         let v = pointer(raw, &seg("/payload/new/id")).unwrap();
         assert_eq!(key_bytes(v).unwrap(), b"a\"b");
         assert_eq!(
