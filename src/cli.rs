@@ -54,6 +54,9 @@ enum Command {
         /// Where the demo webhook listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
+        /// Threads of the async runtime (0 = one per core), as `server.worker_threads`.
+        #[arg(long, default_value_t = 0)]
+        worker_threads: usize,
     },
 }
 
@@ -66,9 +69,12 @@ pub fn main() -> ExitCode {
             read_input(file.as_deref()).map(|b| println!("{}", signature::sign(key.as_bytes(), &b)))
         }
         Command::Send { url, key, file } => send(&url, &key, file.as_deref()),
-        Command::Dev { listen } => {
+        Command::Dev {
+            listen,
+            worker_threads,
+        } => {
             init_tracing(cli.log_format.unwrap_or_default(), None);
-            dev::run(&listen)
+            dev::run(&listen, worker_threads)
         }
     };
     match result {
@@ -93,22 +99,13 @@ fn init_tracing(format: LogFormat, level: Option<&str>) {
     }
 }
 
-/// The multi-threaded runtime `serve` runs on; `workers` 0 means one thread per core.
-fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if workers > 0 {
-        builder.worker_threads(workers);
-    }
-    builder.enable_all().build()
-}
-
 fn serve(file: &Path, log_format: Option<LogFormat>) -> Result<()> {
     let config = config::load(Some(file))?;
     init_tracing(
         log_format.unwrap_or(config.log.format),
         config.log.level.as_deref(),
     );
-    let rt = runtime(config.server.worker_threads)?;
+    let rt = c360_bridge::runtime(config.server.worker_threads)?;
     rt.block_on(async {
         let listen = config.server.listen.clone();
         let admin = config.server.admin_listen.clone();

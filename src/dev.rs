@@ -48,15 +48,16 @@ pub fn demo_config(listen: &str, bootstrap: &str, key: &str) -> Config {
 }
 
 /// Runs the demo until Ctrl-C. The mock cluster lives on this thread (it is not `Send`).
-pub fn run(listen: &str) -> anyhow::Result<()> {
+pub fn run(listen: &str, worker_threads: usize) -> anyhow::Result<()> {
     let cluster = MockCluster::new(1)?;
     for class in KNOWN_EVENT_CLASSES {
         cluster.create_topic(&format!("catalog360.{class}"), 3, 1)?;
     }
     let bootstrap = cluster.bootstrap_servers();
     let key = uuid::Uuid::new_v4().simple().to_string();
-    let config = demo_config(listen, &bootstrap, &key);
-    let rt = tokio::runtime::Runtime::new()?;
+    let mut config = demo_config(listen, &bootstrap, &key);
+    config.server.worker_threads = worker_threads;
+    let rt = crate::runtime(worker_threads)?;
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let url = format!("http://{}{DEMO_PATH}", listener.local_addr()?);

@@ -22,6 +22,15 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// The multi-threaded runtime the daemon runs on; `workers` 0 means one thread per core.
+pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        builder.worker_threads(workers);
+    }
+    builder.enable_all().build()
+}
+
 /// Serves `app` on `listener` (and the admin endpoints on `admin` if given) until `shutdown`
 /// resolves; then refuses new batches, lets in-flight ones finish or fail, and closes the sinks.
 pub async fn serve(

@@ -4,6 +4,7 @@
 
 use anyhow::Result;
 use bytes::Bytes;
+use c360_bridge::routing::KeyPointer;
 use c360_bridge::{sample, signature};
 use c360_sinks::kafka::{KafkaConfig, KafkaSink};
 use c360_sinks::rabbitmq::{RabbitConfig, RabbitSink};
@@ -67,6 +68,9 @@ enum Mode {
         /// Topic prefix; events go to PREFIX.<event_class>.
         #[arg(long, default_value = "catalog360")]
         prefix: String,
+        /// Message key from this JSON pointer, as a route's `key` (default: no key).
+        #[arg(long)]
+        key_pointer: Option<String>,
         #[command(flatten)]
         load: Load,
     },
@@ -108,15 +112,21 @@ fn main() -> Result<()> {
             Mode::DirectKafka {
                 bootstrap,
                 prefix,
+                key_pointer,
                 load,
             } => {
+                let key = key_pointer
+                    .as_deref()
+                    .map(KeyPointer::parse)
+                    .transpose()
+                    .map_err(anyhow::Error::msg)?;
                 let cfg = KafkaConfig {
                     bootstrap_servers: bootstrap,
                     librdkafka: BTreeMap::from([("compression.type".into(), "none".into())]),
                 };
                 let sink = KafkaSink::new("kafka", &cfg, Duration::from_secs(15))?;
                 sink.probe_now(Duration::from_secs(5));
-                direct(Arc::new(sink), format!("{prefix}."), load).await
+                direct(Arc::new(sink), format!("{prefix}."), key, load).await
             }
             Mode::DirectRabbit {
                 url,
@@ -141,7 +151,7 @@ fn main() -> Result<()> {
                     );
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                direct(sink, String::new(), load).await
+                direct(sink, String::new(), None, load).await
             }
         }
     })?;
@@ -231,7 +241,12 @@ impl Template {
 
 /// The same events the `http` mode sends, published with a sink: one message per event,
 /// a batch's messages started together and awaited together, as the bridge does.
-async fn direct(sink: Arc<dyn Sink>, prefix: String, load: Load) -> Result<serde_json::Value> {
+async fn direct(
+    sink: Arc<dyn Sink>,
+    prefix: String,
+    key: Option<KeyPointer>,
+    load: Load,
+) -> Result<serde_json::Value> {
     let webhook: Arc<str> = "direct".into();
     let pool: Arc<Vec<Vec<Message>>> = Arc::new(
         (0..load.pool.max(1) as u64)
@@ -241,7 +256,7 @@ async fn direct(sink: Arc<dyn Sink>, prefix: String, load: Load) -> Result<serde
                     n * load.batch_size as u64,
                     load.event_size,
                 ));
-                messages(&body, &prefix, &webhook)
+                messages(&body, &prefix, key.as_ref(), &webhook)
             })
             .collect::<Result<_>>()?,
     );
@@ -261,7 +276,12 @@ async fn direct(sink: Arc<dyn Sink>, prefix: String, load: Load) -> Result<serde
     Ok(report("direct", &load, tallies, started.elapsed()))
 }
 
-fn messages(body: &Bytes, prefix: &str, webhook: &Arc<str>) -> Result<Vec<Message>> {
+fn messages(
+    body: &Bytes,
+    prefix: &str,
+    key: Option<&KeyPointer>,
+    webhook: &Arc<str>,
+) -> Result<Vec<Message>> {
     let events = c360_bridge::envelope::split(body, usize::MAX)?;
     let ids = c360_bridge::event_id::event_ids(webhook, &events);
     Ok(events
@@ -269,7 +289,7 @@ fn messages(body: &Bytes, prefix: &str, webhook: &Arc<str>) -> Result<Vec<Messag
         .zip(ids)
         .map(|(e, id)| Message {
             destination: format!("{prefix}{}", e.event_class),
-            key: None,
+            key: key.and_then(|k| k.extract(e.raw)).map(Bytes::from),
             body: body.slice_ref(e.raw.get().as_bytes()),
             meta: Arc::new(EventMeta {
                 id: id.to_string(),
