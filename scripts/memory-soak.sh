@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the bridge under a steady load for a while and samples its RSS, to show whether memory
 # stays flat. Usage: scripts/memory-soak.sh [kafka|rabbitmq]; knobs DURATION (300s), RATE
-# (batches/s, default 50 = 5000 events/s), SAMPLE (15 s).
+# (batches/s, default 50 = 5000 events/s), SAMPLE (15 s), WORKERS (1, as in bench.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET="${1:-kafka}"; DURATION="${DURATION:-300s}"; RATE="${RATE:-50}"; SAMPLE="${SAMPLE:-15}"
@@ -21,6 +21,7 @@ esac
 cat >"$OUT/soak-$TARGET.toml" <<TOML
 [server]
 listen = "127.0.0.1:$PORT"
+worker_threads = ${WORKERS:-1}
 [log]
 level = "warn"
 [[webhooks]]
