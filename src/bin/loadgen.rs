@@ -101,11 +101,7 @@ struct Tally {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if cli.worker_threads > 0 {
-        builder.worker_threads(cli.worker_threads);
-    }
-    let rt = builder.enable_all().build()?;
+    let rt = c360_bridge::runtime(cli.worker_threads)?;
     let report = rt.block_on(async {
         match cli.mode {
             Mode::Http { url, key, load } => http(url, key, load).await,
