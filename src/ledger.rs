@@ -2,7 +2,7 @@
 //!
 //! Bounded in entries and in age; it lives in memory, so a restart or another replica forgets
 //! it (the README lists the duplicates a consumer can therefore still see). An entry is a
-//! 128-bit digest of (event id, sink) plus a timestamp, about 80 bytes with the map's overhead.
+//! 128-bit key per (event id, sink) (`EventId::ledger_key`) plus a timestamp, about 80 bytes with the map's overhead.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
