@@ -1,8 +1,9 @@
 //! The retry ledger: which (event id, sink) pairs were confirmed, so a resent batch skips them.
 //!
 //! Bounded in entries and in age; it lives in memory, so a restart or another replica forgets
-//! it (the README lists the duplicates a consumer can therefore still see). An entry is a
-//! 128-bit key per (event id, sink) (`EventId::ledger_key`) plus a timestamp, about 80 bytes with the map's overhead.
+//! it (the README lists the duplicates a consumer can therefore still see). An entry is the
+//! 128-bit key of an (event id, sink) pair (`EventId::ledger_key`) plus a timestamp, about
+//! 80 bytes with the map's overhead.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
