@@ -77,6 +77,8 @@ pub fn route_all_toml(sinks: &[&str], extra: &str) -> String {
 pub struct Bridge {
     pub addr: SocketAddr,
     pub app: Arc<App>,
+    /// In-flight permits when nothing is being published.
+    idle_permits: usize,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -103,6 +105,7 @@ impl Bridge {
         }));
         let bridge = Bridge {
             addr,
+            idle_permits: app.in_flight.available_permits(),
             app,
             stop: Some(tx),
             task: Some(task),
@@ -129,6 +132,19 @@ impl Bridge {
                 r.map(|r| r.status())
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until no batch is being published any more: every publish task, including those
+    /// still collecting confirms after their batch was answered 503, has ended.
+    pub async fn wait_idle(&self, within: Duration) {
+        let until = Instant::now() + within;
+        while self.app.in_flight.available_permits() < self.idle_permits {
+            assert!(
+                Instant::now() < until,
+                "batches still being published after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
