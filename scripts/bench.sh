@@ -56,9 +56,10 @@ TOML
 }
 # stop NAME: records the bridge's peak RSS (the highest over a scenario's runs) and stops it.
 stop() {
-  local rss; rss=$(peak_rss_mib "$PID")
-  python3 -c "import sys; print(max(float(sys.argv[1]), float(open(sys.argv[2]).read() or 0) if __import__('os').path.exists(sys.argv[2]) else 0))" "$rss" "$OUT/$1-rss" >"$OUT/$1-rss.new"
-  mv "$OUT/$1-rss.new" "$OUT/$1-rss"; kill -TERM "$PID"; wait "$PID"
+  local rss prev=0; rss=$(peak_rss_mib "$PID")
+  [ -f "$OUT/$1-rss" ] && prev=$(cat "$OUT/$1-rss")
+  awk -v a="$rss" -v b="$prev" 'BEGIN { print (a > b) ? a : b }' >"$OUT/$1-rss"
+  kill -TERM "$PID"; wait "$PID"
 }
 hook() { echo --url "http://127.0.0.1:$PORT/hook" --key "$KEY"; }
 

@@ -205,14 +205,7 @@ async fn a_broker_slower_than_the_deadline_gets_503_on_time_and_leaves_nothing_b
         "answered after {took:?}"
     );
     // The publish task ends by itself (librdkafka's message timeout) and frees its permit.
-    let until = Instant::now() + Duration::from_secs(6);
-    while bridge.app.in_flight.available_permits() < 4 {
-        assert!(
-            Instant::now() < until,
-            "a publish task is still holding its permit"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    bridge.wait_idle(Duration::from_secs(6)).await;
     cluster
         .broker_round_trip_time(1, Duration::ZERO)
         .expect("rtt");
