@@ -176,18 +176,18 @@ async fn publish(
 
 async fn publish_all(app: &App, jobs: &[Job]) -> Failures {
     let started = Instant::now();
-    let all = futures::future::join_all(jobs.iter().map(|j| app.sinks[j.sink].publish(&j.msg)));
-    let results = match tokio::time::timeout(app.publish_deadline, all).await {
-        Ok(r) => r,
-        Err(_) => jobs
-            .iter()
-            .map(|_| {
+    // Each publish has its own deadline, so the confirms that did arrive are still recorded
+    // when another sink never answers.
+    let results = futures::future::join_all(jobs.iter().map(|j| async {
+        tokio::time::timeout(app.publish_deadline, app.sinks[j.sink].publish(&j.msg))
+            .await
+            .unwrap_or_else(|_| {
                 Err(SinkError::Timeout(
                     "no confirm before the publish deadline".into(),
                 ))
             })
-            .collect(),
-    };
+    }))
+    .await;
     let mut confirmed = Vec::with_capacity(jobs.len());
     let mut failures = Vec::new();
     for (i, r) in results.into_iter().enumerate() {

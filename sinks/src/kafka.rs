@@ -51,7 +51,8 @@ struct Health {
 
 impl KafkaSink {
     /// Builds the producer. `message_timeout` bounds librdkafka's own retries; the bridge sets
-    /// it below its answer deadline so that every delivery report arrives in time.
+    /// it below its answer deadline so that every delivery report arrives in time (unless the
+    /// operator's `librdkafka` table overrides `message.timeout.ms`).
     pub fn new(
         name: &str,
         cfg: &KafkaConfig,

@@ -211,6 +211,52 @@ async fn a_broker_slower_than_the_deadline_gets_503_on_time_and_leaves_nothing_b
         .expect("rtt");
 }
 
+/// A sink that never confirms (Kafka without a message timeout, its broker slower than the
+/// publish deadline) must not cost the confirms another sink of the same batch delivered: they
+/// reach the ledger, and the resend skips them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirms_of_one_sink_are_kept_when_another_sink_never_answers() {
+    let _exclusive = SHARED_BROKERS.write().await;
+    let cluster = mock(&[("t", 1)]);
+    let exchange = unique("x");
+    let queue = Queue::bind(&exchange, &["#"], FieldTable::default()).await;
+    let toml = format!(
+        "[server]\nack_timeout = \"1s\"\n{}{}{}{}",
+        webhook_toml("wh", KEY),
+        kafka_sink_toml_with(
+            "kafka",
+            &cluster.bootstrap_servers(),
+            "\"message.timeout.ms\" = \"0\"\n"
+        ),
+        rabbit_sink_toml("rabbit_kept", &exchange),
+        route_all_toml(&["kafka", "rabbit_kept"], "topic = \"t\"\n")
+    );
+    let bridge = Bridge::start(&toml).await;
+    let body = batch(&[event("task_created", "h1"), event("task_created", "h2")]);
+    cluster
+        .broker_round_trip_time(1, Duration::from_secs(5))
+        .expect("rtt");
+    let r = post(&bridge.url("/hook"), &body, Some(KEY)).await;
+    assert_eq!(r.status, 503, "{:?}", r.json);
+    // The publish task gives up on Kafka at the publish deadline (2 x ack_timeout).
+    bridge.wait_idle(Duration::from_secs(4)).await;
+    cluster
+        .broker_round_trip_time(1, Duration::ZERO)
+        .expect("rtt");
+    let r = post(&bridge.url("/hook"), &body, Some(KEY)).await;
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    let got = queue.drain().await;
+    assert_eq!(got.len(), 2, "each event once in RabbitMQ");
+    let metrics = reqwest::get(bridge.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    let skips = metric(&metrics, "c360_ledger_skips_total{sink=\"rabbit_kept\"}");
+    assert_eq!(skips, 2.0, "{metrics}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_gets_fast_503s_and_a_bounded_number_of_batches_in_flight() {
     let cluster = mock(&[("t", 1)]);

@@ -56,8 +56,13 @@ pub fn webhook_toml(name: &str, key: &str) -> String {
 
 /// `[sinks.NAME]` for Kafka at `bootstrap`, without compression (tansu needs none).
 pub fn kafka_sink_toml(name: &str, bootstrap: &str) -> String {
+    kafka_sink_toml_with(name, bootstrap, "")
+}
+
+/// `kafka_sink_toml` with `librdkafka` lines (`"key" = "value"`) added to its librdkafka table.
+pub fn kafka_sink_toml_with(name: &str, bootstrap: &str, librdkafka: &str) -> String {
     format!(
-        "[sinks.{name}]\ntype = \"kafka\"\nbootstrap_servers = \"{bootstrap}\"\n[sinks.{name}.librdkafka]\n\"compression.type\" = \"none\"\n"
+        "[sinks.{name}]\ntype = \"kafka\"\nbootstrap_servers = \"{bootstrap}\"\n[sinks.{name}.librdkafka]\n\"compression.type\" = \"none\"\n{librdkafka}"
     )
 }
 
