@@ -69,6 +69,8 @@ pub fn run(listen: &str, worker_threads: usize) -> anyhow::Result<()> {
         .await?;
         Ok::<_, anyhow::Error>(())
     })?;
+    // The producer goes first, so it does not log the cluster's disappearance as an error.
+    drop(rt);
     drop(cluster);
     Ok(())
 }

@@ -9,8 +9,9 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// `[sinks.NAME] type = "kafka"`.
@@ -41,12 +42,18 @@ pub struct KafkaSink {
     name: String,
     producer: FutureProducer,
     health: Arc<Health>,
+    probe: Mutex<Option<ProbeThread>>,
+}
+
+/// The probe thread and the sender whose drop wakes it up and ends it.
+struct ProbeThread {
+    stop: mpsc::Sender<()>,
+    thread: JoinHandle<()>,
 }
 
 /// Whether the cluster answered the last metadata probe, kept up to date by a probe thread.
 struct Health {
     reachable: AtomicBool,
-    stop: AtomicBool,
 }
 
 impl KafkaSink {
@@ -61,13 +68,13 @@ impl KafkaSink {
         let producer: FutureProducer = client_config(cfg, message_timeout)?.create()?;
         let health = Arc::new(Health {
             reachable: AtomicBool::new(false),
-            stop: AtomicBool::new(false),
         });
-        spawn_probe(name, producer.clone(), health.clone());
+        let probe = spawn_probe(name, producer.clone(), health.clone());
         Ok(Self {
             name: name.to_owned(),
             producer,
             health,
+            probe: Mutex::new(probe),
         })
     }
 
@@ -117,27 +124,43 @@ fn client_config(
     Ok(cc)
 }
 
+impl KafkaSink {
+    /// Tells the probe thread to end; the thread is returned for joining.
+    fn stop_probe(&self) -> Option<JoinHandle<()>> {
+        let probe = self.probe.lock().ok()?.take()?;
+        drop(probe.stop);
+        Some(probe.thread)
+    }
+}
+
 impl Drop for KafkaSink {
     /// Ends the probe thread (it holds a producer handle) when the sink goes away unclosed.
     fn drop(&mut self) {
-        self.health.stop.store(true, Ordering::Relaxed);
+        self.stop_probe();
     }
 }
 
 /// How often the probe thread asks the cluster for metadata.
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
-fn spawn_probe(name: &str, producer: FutureProducer, health: Arc<Health>) {
+fn spawn_probe(name: &str, producer: FutureProducer, health: Arc<Health>) -> Option<ProbeThread> {
+    let (stop, stopped) = mpsc::channel::<()>();
     let spawned = std::thread::Builder::new()
         .name(format!("kafka-probe-{name}"))
         .spawn(move || {
-            while !health.stop.load(Ordering::Relaxed) {
+            loop {
                 probe(&producer, &health, Duration::from_secs(1));
-                std::thread::sleep(PROBE_INTERVAL);
+                if stopped.recv_timeout(PROBE_INTERVAL) != Err(mpsc::RecvTimeoutError::Timeout) {
+                    break;
+                }
             }
         });
-    if let Err(e) = spawned {
-        tracing::error!(sink = name, error = %e, "could not start the Kafka probe thread");
+    match spawned {
+        Ok(thread) => Some(ProbeThread { stop, thread }),
+        Err(e) => {
+            tracing::error!(sink = name, error = %e, "could not start the Kafka probe thread");
+            None
+        }
     }
 }
 
@@ -222,9 +245,16 @@ impl Sink for KafkaSink {
     }
 
     async fn close(&self, deadline: Duration) {
-        self.health.stop.store(true, Ordering::Relaxed);
+        let probe = self.stop_probe();
         let producer = self.producer.clone();
-        let flushed = tokio::task::spawn_blocking(move || producer.flush(deadline)).await;
+        let flushed = tokio::task::spawn_blocking(move || {
+            // Joined, so no producer handle outlives the sink's close.
+            if let Some(thread) = probe {
+                let _ = thread.join();
+            }
+            producer.flush(deadline)
+        })
+        .await;
         match flushed {
             Ok(Ok(())) => tracing::info!(sink = %self.name, "Kafka producer flushed"),
             Ok(Err(e)) => tracing::warn!(sink = %self.name, error = %e, "Kafka flush incomplete"),
