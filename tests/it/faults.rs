@@ -467,7 +467,14 @@ async fn conservation_soak_under_random_faults() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(now);
+    eprintln!("soak seed {seed} (SOAK_SEED={seed} repeats it)");
     let mut rng = Lcg(seed);
+    // Every kind of fault once, in random order, then four more drawn at random.
+    let mut kinds = vec![0, 1, 2, 3];
+    for i in (1..kinds.len()).rev() {
+        kinds.swap(i, rng.next(i as u64 + 1) as usize);
+    }
+    kinds.extend((0..4).map(|_| rng.next(4)));
     let stop = CancellationToken::new();
     let load = tokio::spawn(load_until(
         bridge.url("/hook"),
@@ -479,9 +486,9 @@ async fn conservation_soak_under_random_faults() {
         stop.clone(),
     ));
     let mut faults = Vec::new();
-    for _ in 0..8 {
+    for kind in kinds {
         tokio::time::sleep(Duration::from_millis(800 + rng.next(800))).await;
-        match rng.next(4) {
+        match kind {
             0 => {
                 faults.push("all Kafka brokers down");
                 cluster.broker_down(1).expect("down");
@@ -510,7 +517,7 @@ async fn conservation_soak_under_random_faults() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.cancel();
     let sent = load.await.expect("load");
-    eprintln!("soak seed {seed} (SOAK_SEED={seed} repeats it), faults {faults:?}");
+    eprintln!("soak seed {seed}: faults {faults:?}");
     assert_nothing_deleted(&cluster.bootstrap_servers(), "soak", 16);
     let from_kafka = payloads(&consume(&cluster.bootstrap_servers(), "soak", 16).await);
     let from_tansu = payloads(&consume(&tansu.addr, "soak", 3).await);
