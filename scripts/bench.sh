@@ -18,6 +18,7 @@ eval "$brokers_env"
 cargo build --release --locked --bins >&2
 BIN=target/release/c360-bridge; LG=target/release/c360-loadgen; DIRECT="$LG --worker-threads $WORKERS"
 KEY=bench-key; PORT=18181
+PID=""; trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; true' EXIT # no bridge outlives a failure
 
 load() { echo --concurrency "$CONCURRENCY" --batch-size "${1:-$BATCH}" --event-size "$EVENT_SIZE" --duration "$DURATION"; }
 wait_ready() { for _ in $(seq 1 200); do curl -fs "http://$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "bridge not ready" >&2; return 1; }
@@ -71,7 +72,7 @@ bootstrap_servers = "127.0.0.1:9092"
 
 # Kafka on tansu: every run gets an empty tansu (its memory storage keeps all it was sent, and
 # slows down as it grows) and, for the bridge, a fresh bridge process.
-fresh_tansu() { scripts/brokers.sh restart-kafka 2>/dev/null; }
+fresh_tansu() { scripts/brokers.sh restart-kafka; }
 rm -f "$OUT"/*-rss
 for r in $(seq 1 "$ROUNDS"); do
   fresh_tansu; serve kafka-tansu "$TANSU_SINK"

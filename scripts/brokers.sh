@@ -3,6 +3,7 @@
 #   RabbitMQ (Debian's rabbitmq-server) on 5672, tansu 0.6.0 (Kafka protocol) on 9092.
 # Usage: scripts/brokers.sh start|stop|status|restart-kafka.  Idempotent: a running broker is left alone.
 set -euo pipefail
+shopt -s inherit_errexit # a failing step inside $(...) (e.g. the tansu build) stops the script
 
 CACHE="${C360_CACHE:-$HOME/.cache/c360-bridge}"
 TANSU_VERSION=0.6.0
@@ -65,8 +66,10 @@ start_tansu() {
     echo $! >"$STATE/tansu.pid"
   fi
   wait_port "$KAFKA_PORT" 60 || { log "tansu did not open $KAFKA_PORT; see $STATE/tansu.log"; exit 1; }
+  local out
   for class in $CATALOG_CLASSES; do
-    "$bin" topic create "catalog360.$class" --broker "tcp://127.0.0.1:$KAFKA_PORT" --partitions 3 >/dev/null 2>&1 || true
+    out=$("$bin" topic create "catalog360.$class" --broker "tcp://127.0.0.1:$KAFKA_PORT" --partitions 3 2>&1) ||
+      grep -q "already exists" <<<"$out" || { log "creating catalog360.$class failed: $out"; exit 1; }
   done
   log "tansu ready on 127.0.0.1:$KAFKA_PORT (catalog360.* topics created)"
 }
@@ -74,10 +77,12 @@ start_tansu() {
 stop_tansu() {
   [ -f "$STATE/tansu.pid" ] && kill "$(cat "$STATE/tansu.pid")" 2>/dev/null || true
   for _ in $(seq 1 50); do port_open "$KAFKA_PORT" || return 0; sleep 0.1; done
+  log "tansu still listens on $KAFKA_PORT (not started by this script? pid file: $STATE/tansu.pid)"
+  exit 1
 }
 
 case "${1:-start}" in
-  start) start_rabbitmq; start_tansu; echo "C360_TANSU_BIN=$STATE/tansu" ;;
+  start) start_rabbitmq; start_tansu; printf 'C360_TANSU_BIN=%q\n' "$STATE/tansu" ;;
   # An empty tansu (memory storage keeps everything it was sent; benchmarks want a fresh one).
   restart-kafka) stop_tansu; start_tansu ;;
   stop)

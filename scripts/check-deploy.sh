@@ -156,7 +156,7 @@ fi
 # 3. config/*.toml
 # ---------------------------------------------------------------------------------------------
 # Build once, so that a compile error shows once and the checks below do not race the build.
-if ! cargo build -q --bin c360-bridge; then
+if ! cargo build -q --locked --bin c360-bridge; then
   fail "cargo build (cannot check the configuration files)"
 else
   # C360_BRIDGE_* variables of the caller would override the files: check the files alone.
@@ -166,7 +166,7 @@ else
     while read -r var; do
       vars+=("$var=x")
     done < <(sed -n 's/^[[:space:]]*keys_env[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' "$file")
-    if out=$(env "${strip[@]}" "${vars[@]}" cargo run -q -- check --config "$file" 2>&1); then
+    if out=$(env "${strip[@]}" "${vars[@]}" cargo run -q --locked -- check --config "$file" 2>&1); then
       ok "$file: c360-bridge check${vars:+ (with ${vars[*]})}"
     else
       printf '%s\n' "$out"

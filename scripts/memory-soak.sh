@@ -12,7 +12,7 @@ eval "$brokers_env"
 cargo build --release --locked --bins >&2
 PORT=18183
 case "$TARGET" in
-  kafka) scripts/brokers.sh restart-kafka 2>/dev/null
+  kafka) scripts/brokers.sh restart-kafka
          SINK=$'[sinks.s]\ntype = "kafka"\nbootstrap_servers = "127.0.0.1:9092"\n[sinks.s.librdkafka]\n"compression.type" = "none"' ;;
   rabbitmq) target/release/c360-loadgen direct-rabbit --exchange bench --bind-queue c360-bench --duration 0s >/dev/null
          SINK=$'[sinks.s]\ntype = "rabbitmq"\nurl = "amqp://guest:guest@127.0.0.1:5672/%2f"\nexchange = "bench"' ;;
@@ -34,7 +34,10 @@ match = "*"
 sinks = ["s"]
 TOML
 target/release/c360-bridge serve --config "$OUT/soak-$TARGET.toml" 2>"$OUT/soak-$TARGET.log" & PID=$!
-for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
+trap 'kill $PID 2>/dev/null || true' EXIT
+ready=no
+for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null && { ready=yes; break; }; sleep 0.1; done
+[ "$ready" = yes ] || { echo "bridge not ready; see $OUT/soak-$TARGET.log" >&2; exit 1; }
 target/release/c360-loadgen http --url "http://127.0.0.1:$PORT/hook" --key soak-key --concurrency 8 \
   --duration "$DURATION" --rate "$RATE" >"$OUT/soak-$TARGET.json" & LG=$!
 echo "seconds rss_mib"

@@ -4,7 +4,7 @@ use c360_sinks::kafka::KafkaConfig;
 use c360_sinks::rabbitmq::RabbitConfig;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -254,7 +254,32 @@ fn split_keys(s: &str, sep: char) -> impl Iterator<Item = SecretString> + '_ {
 }
 
 fn validate(config: &Config, file: Option<&Path>) -> Result<(), ConfigError> {
-    let s = &config.server;
+    validate_server(&config.server, file)?;
+    for (name, sink) in &config.sinks {
+        let checked = match sink {
+            SinkConfig::Kafka(k) => k.validate().map_err(|e| e.to_string()),
+            SinkConfig::Rabbitmq(r) => r.validate().map_err(|e| e.to_string()),
+        };
+        checked.map_err(|m| invalid(file, format!("sinks.{name}"), m))?;
+    }
+    if config.webhooks.is_empty() {
+        return Err(invalid(
+            file,
+            "webhooks",
+            "at least one [[webhooks]] entry is needed",
+        ));
+    }
+    let mut paths = std::collections::HashSet::new();
+    for (i, wh) in config.webhooks.iter().enumerate() {
+        let problem = webhook_problem(wh, &mut paths);
+        if let Some((key, problem)) = problem {
+            return Err(invalid(file, format!("webhooks[{i}].{key}"), problem));
+        }
+    }
+    Ok(())
+}
+
+fn validate_server(s: &ServerConfig, file: Option<&Path>) -> Result<(), ConfigError> {
     if s.ack_timeout < Duration::from_secs(1) {
         return Err(invalid(file, "server.ack_timeout", "must be at least 1s"));
     }
@@ -265,54 +290,45 @@ fn validate(config: &Config, file: Option<&Path>) -> Result<(), ConfigError> {
             "must be at least 1",
         ));
     }
-    if config.webhooks.is_empty() {
-        return Err(invalid(
-            file,
-            "webhooks",
-            "at least one [[webhooks]] entry is needed",
+    Ok(())
+}
+
+/// What is wrong with a webhook (its key and the problem), if anything. `paths` collects the
+/// paths seen so far.
+fn webhook_problem<'a>(
+    wh: &'a WebhookConfig,
+    paths: &mut std::collections::HashSet<&'a str>,
+) -> Option<(&'static str, &'static str)> {
+    let path_chars = |c: char| c.is_ascii_alphanumeric() || "/-_.~".contains(c);
+    if !wh.path.starts_with('/') || !wh.path.chars().all(path_chars) {
+        return Some((
+            "path",
+            "must start with / and use only letters, digits and / - _ . ~",
         ));
     }
-    for (name, sink) in &config.sinks {
-        let checked = match sink {
-            SinkConfig::Kafka(k) => k.validate().map_err(|e| e.to_string()),
-            SinkConfig::Rabbitmq(r) => r.validate().map_err(|e| e.to_string()),
-        };
-        checked.map_err(|m| invalid(file, format!("sinks.{name}"), m))?;
+    if ["/healthz", "/readyz", "/metrics"].contains(&wh.path.as_str()) {
+        return Some(("path", "is an admin path"));
     }
-    let mut paths = std::collections::HashSet::new();
-    for (i, wh) in config.webhooks.iter().enumerate() {
-        if !wh.path.starts_with('/')
-            || ["/healthz", "/readyz", "/metrics"].contains(&wh.path.as_str())
-        {
-            return Err(invalid(
-                file,
-                format!("webhooks[{i}].path"),
-                "must start with / and not be an admin path",
-            ));
-        }
-        if !paths.insert(wh.path.as_str()) {
-            return Err(invalid(
-                file,
-                format!("webhooks[{i}].path"),
-                "used by two webhooks",
-            ));
-        }
-        if wh.keys.is_empty() {
-            return Err(invalid(
-                file,
-                format!("webhooks[{i}].keys"),
-                "no key (give keys, keys_env or keys_file)",
-            ));
-        }
-        if wh.max_events == 0 {
-            return Err(invalid(
-                file,
-                format!("webhooks[{i}].max_events"),
-                "must be at least 1",
-            ));
-        }
+    if !paths.insert(wh.path.as_str()) {
+        return Some(("path", "used by two webhooks"));
     }
-    Ok(())
+    if wh.keys.is_empty() {
+        return Some(("keys", "no key (give keys, keys_env or keys_file)"));
+    }
+    if wh
+        .keys
+        .iter()
+        .any(|k| k.expose_secret() == crate::signature::TEST_KEY)
+    {
+        return Some((
+            "keys",
+            "\"test-webhook\" is catalog360's test key, whose batches never publish",
+        ));
+    }
+    if wh.max_events == 0 {
+        return Some(("max_events", "must be at least 1"));
+    }
+    None
 }
 
 #[cfg(test)]

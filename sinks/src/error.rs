@@ -1,4 +1,4 @@
-//! `SinkError`: why a broker did not confirm a message, and whether a retry can help.
+//! `SinkError`: why a broker did not confirm a message, with a stable code for logs and metrics.
 
 /// A message that was not confirmed by its broker.
 #[derive(Debug, thiserror::Error)]
@@ -24,11 +24,6 @@ pub enum SinkError {
 }
 
 impl SinkError {
-    /// Whether sending the same message again later can succeed.
-    pub fn is_retryable(&self) -> bool {
-        !matches!(self, SinkError::Permanent(_))
-    }
-
     /// A short stable code for logs and metrics.
     pub fn code(&self) -> &'static str {
         match self {

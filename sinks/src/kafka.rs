@@ -85,9 +85,11 @@ impl KafkaSink {
 }
 
 impl KafkaConfig {
-    /// Checks what can be checked without connecting.
+    /// Checks what can be checked without connecting: pinned keys, and every librdkafka key
+    /// and value (librdkafka parses them; nothing connects).
     pub fn validate(&self) -> Result<(), KafkaSetupError> {
-        client_config(self, Duration::from_secs(1)).map(|_| ())
+        client_config(self, Duration::from_secs(1))?.create_native_config()?;
+        Ok(())
     }
 }
 

@@ -36,7 +36,7 @@ impl EventMeta {
 pub struct Message {
     /// Kafka topic, or RabbitMQ routing key.
     pub destination: String,
-    /// Kafka message key (RabbitMQ ignores it).
+    /// Kafka message key; RabbitMQ picks the channel by it, so same-key messages keep their order.
     pub key: Option<Bytes>,
     /// The event's JSON exactly as received: a slice of the request body, not a copy.
     pub body: Bytes,

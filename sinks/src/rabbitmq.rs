@@ -9,6 +9,7 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
 use serde::Deserialize;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -49,6 +50,7 @@ fn default_channels() -> usize {
 impl RabbitConfig {
     /// Checks what can be checked without connecting.
     pub fn validate(&self) -> Result<(), RabbitSetupError> {
+        lapin::uri::AMQPUri::from_str(&self.url).map_err(RabbitSetupError::Url)?;
         self.exchange_kind().map(|_| ())
     }
 
@@ -68,6 +70,8 @@ pub enum RabbitSetupError {
     ExchangeType(String),
     #[error("channels must be between 1 and 64, not {0}")]
     Channels(usize),
+    #[error("url is not an AMQP URI: {0}")]
+    Url(String),
 }
 
 /// One live connection with its confirm-mode channels.

@@ -128,6 +128,32 @@ fn check_names_the_file_and_key_of_each_mistake() {
             ),
             "sinks.rabbit",
         ),
+        (
+            GOOD.replace("url = \"amqp://", "url = \"amqp//"),
+            "sinks.rabbit",
+        ),
+        (
+            GOOD.replace(
+                "bootstrap_servers = \"127.0.0.1:9092\"",
+                "bootstrap_servers = \"127.0.0.1:9092\"\n[sinks.kafka.librdkafka]\n\"linger.msec\" = \"5\"",
+            ),
+            "sinks.kafka",
+        ),
+        (
+            GOOD.replace(
+                "bootstrap_servers = \"127.0.0.1:9092\"",
+                "bootstrap_servers = \"127.0.0.1:9092\"\n[sinks.kafka.librdkafka]\n\"acks\" = \"1\"",
+            ),
+            "sinks.kafka",
+        ),
+        (
+            GOOD.replace("path = \"/hook\"", "path = \"/hook/{id}\""),
+            "webhooks[0].path",
+        ),
+        (
+            GOOD.replace("keys = [\"k\"]", "keys = [\"k\", \"test-webhook\"]"),
+            "webhooks[0].keys",
+        ),
     ];
     for (text, key) in cases {
         let (_d, path) = write_config(&text);
