@@ -205,32 +205,17 @@ fn event(index: usize, raw: &RawValue) -> Result<Event<'_>, EnvelopeError> {
     };
     let head = Head::read(raw).map_err(|_| bad("not a JSON object"))?;
     let class = head.event_class.ok_or_else(|| bad("has no event_class"))?;
-    let event_class = name(class).ok_or_else(|| bad(NAME_RULE_CLASS))?;
-    let payload_class = match head.payload_class {
-        None => None,
-        Some(p) if p.get() == "null" => None,
-        Some(p) => Some(name(p).ok_or_else(|| bad(NAME_RULE_PAYLOAD))?),
-    };
+    let event_class: String =
+        serde_json::from_str(class.get()).map_err(|_| bad("event_class is not a string"))?;
+    // Only a string names a payload class; anything else counts as none (the bytes pass as sent).
+    let payload_class = head
+        .payload_class
+        .and_then(|p| serde_json::from_str::<String>(p.get()).ok());
     Ok(Event {
         raw,
         event_class,
         payload_class,
     })
-}
-
-const NAME_RULE_CLASS: &str =
-    "event_class must be a string of 1-200 letters, digits, '.', '_' or '-'";
-const NAME_RULE_PAYLOAD: &str =
-    "payload_class must be a string of 1-200 letters, digits, '.', '_' or '-'";
-
-/// A class name usable in a topic or routing key (Kafka's topic alphabet), or `None`.
-fn name(raw: &RawValue) -> Option<String> {
-    let s: String = serde_json::from_str(raw.get()).ok()?;
-    let ok = !s.is_empty()
-        && s.len() <= 200
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    ok.then_some(s)
 }
 
 /// Follows a JSON pointer (already split into segments) into `raw` without parsing the rest.
@@ -354,8 +339,16 @@ mod tests {
         );
         let e = split(br#"{"events":[{"payload":{}}]}"#, 100).unwrap_err();
         assert_eq!(e.to_string(), "event 0: has no event_class");
-        let e = split(br#"{"events":[{"event_class":"../etc"}]}"#, 100).unwrap_err();
-        assert!(matches!(e, EnvelopeError::BadEvent { index: 0, .. }));
+        let e = split(br#"{"events":[{"event_class":["a"]}]}"#, 100).unwrap_err();
+        assert_eq!(e.to_string(), "event 0: event_class is not a string");
+    }
+
+    #[test]
+    fn unknown_classes_pass_whatever_their_characters() {
+        let body = r#"{"events":[{"event_class":"aufgabe_geprüft","payload_class":7}]}"#;
+        let events = split(body.as_bytes(), 100).unwrap();
+        assert_eq!(events[0].event_class, "aufgabe_geprüft");
+        assert_eq!(events[0].payload_class, None);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use crate::answer::{Answer, Rejection};
 use crate::app::{App, Webhook};
 use crate::config::Unrouted;
-use crate::envelope::{self, Event};
+use crate::envelope::{self, EnvelopeError, Event};
 use crate::event_id::event_ids;
 use crate::ledger;
 use crate::metrics as m;
@@ -76,16 +76,22 @@ async fn ingest(
             Err(Rejection::TestKeyWithEvents)
         };
     }
-    let jobs = plan(app, webhook, &body, &events);
+    let jobs = plan(app, webhook, &body, &events)?;
     publish(app, jobs, permit, started).await?;
     Ok(events.len())
 }
 
 /// Turns events into one job per (event, target), leaving out pairs the ledger has confirmed.
-fn plan(app: &App, webhook: &Webhook, body: &Bytes, events: &[Event]) -> Vec<Job> {
+/// An event without a legal destination rejects the whole batch before anything is published.
+fn plan(
+    app: &App,
+    webhook: &Webhook,
+    body: &Bytes,
+    events: &[Event],
+) -> Result<Vec<Job>, Rejection> {
     let ids = event_ids(&webhook.name, events);
     let mut jobs = Vec::with_capacity(events.len());
-    for (event, id) in events.iter().zip(ids) {
+    for (index, (event, id)) in events.iter().zip(ids).enumerate() {
         let Some(route) = app.routes.lookup(&event.event_class) else {
             debug_assert_eq!(
                 app.routes.unrouted,
@@ -103,8 +109,15 @@ fn plan(app: &App, webhook: &Webhook, body: &Bytes, events: &[Event]) -> Vec<Job
         });
         let raw = body.slice_ref(event.raw.get().as_bytes());
         for t in &route.targets {
+            let destination = t
+                .topic
+                .destination(event, &webhook.name)
+                .map_err(|reason| EnvelopeError::BadEvent {
+                    index,
+                    reason: format!("event_class {:?} {reason}", event.event_class),
+                })?;
             let msg = Message {
-                destination: t.topic.render(event, &webhook.name),
+                destination,
                 key: t
                     .key
                     .as_ref()
@@ -130,7 +143,7 @@ fn plan(app: &App, webhook: &Webhook, body: &Bytes, events: &[Event]) -> Vec<Job
         }
         !skip
     });
-    jobs
+    Ok(jobs)
 }
 
 /// The jobs of a batch that were not confirmed (index into the jobs, and why).

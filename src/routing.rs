@@ -118,6 +118,8 @@ impl Routes {
 pub struct Template {
     pub text: String,
     parts: Vec<Part>,
+    /// Renders Kafka topics (else AMQP routing keys), which limits what a rendering may be.
+    kafka: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -178,11 +180,36 @@ impl Template {
         Ok(Self {
             text: text.to_owned(),
             parts,
+            kafka,
         })
     }
 
-    pub fn render(&self, event: &Event, webhook: &str) -> String {
-        self.render_parts(&event.event_class, event.payload_class.as_deref(), webhook)
+    /// The event's destination, or why its classes cannot make one (a Kafka topic is 1-249
+    /// letters, digits, '.', '_', '-' and not "." or ".."; an AMQP routing key is at most 255
+    /// bytes).
+    pub fn destination(&self, event: &Event, webhook: &str) -> Result<String, String> {
+        let d = self.render_parts(&event.event_class, event.payload_class.as_deref(), webhook);
+        let legal = if self.kafka {
+            (1..=249).contains(&d.len())
+                && d.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                && d != "."
+                && d != ".."
+        } else {
+            d.len() <= 255
+        };
+        if legal {
+            Ok(d)
+        } else if self.kafka {
+            Err(format!(
+                "gives Kafka topic {d:?}, which Kafka does not allow (letters, digits, . _ - only, at most 249)"
+            ))
+        } else {
+            Err(format!(
+                "gives a routing key of {} bytes, over AMQP's 255",
+                d.len()
+            ))
+        }
     }
 
     /// Renders for an event class (and payload class) without an event, for `check`.
@@ -254,6 +281,28 @@ impl KeyPointer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn destinations_must_be_legal_for_their_broker() {
+        let long = "x".repeat(300);
+        let body = format!(
+            r#"{{"events":[{{"event_class":"task_created"}},{{"event_class":"aufgabe/geprüft"}},{{"event_class":".."}},{{"event_class":"{long}"}}]}}"#
+        );
+        let ev = crate::envelope::split(body.as_bytes(), 100).unwrap();
+        let kafka = Template::parse("catalog360.{event_class}", true).unwrap();
+        let bare = Template::parse("{event_class}", true).unwrap();
+        let amqp = Template::parse("{event_class}", false).unwrap();
+        assert_eq!(
+            kafka.destination(&ev[0], "w").unwrap(),
+            "catalog360.task_created"
+        );
+        assert!(kafka.destination(&ev[1], "w").is_err());
+        assert_eq!(amqp.destination(&ev[1], "w").unwrap(), "aufgabe/geprüft");
+        assert_eq!(kafka.destination(&ev[2], "w").unwrap(), "catalog360...");
+        assert!(bare.destination(&ev[2], "w").is_err());
+        assert!(kafka.destination(&ev[3], "w").is_err());
+        assert!(amqp.destination(&ev[3], "w").is_err());
+    }
 
     #[test]
     fn templates_render_and_reject() {

@@ -182,6 +182,13 @@ async fn every_rejection_publishes_nothing() {
             400,
             "invalid_event",
         ),
+        (
+            "event 1 whose class makes no Kafka topic",
+            batch(&[event("task_created", "x"), event("task/created", "y")]),
+            Some(KEY),
+            400,
+            "invalid_event",
+        ),
     ];
     for (what, body, key, status, code) in cases {
         let r = post(&url, &body, key).await;
