@@ -74,7 +74,7 @@ pub fn main() -> ExitCode {
             worker_threads,
         } => {
             init_tracing(cli.log_format.unwrap_or_default(), None);
-            dev::run(&listen, worker_threads)
+            dev::run(&listen, worker_threads).map_err(anyhow::Error::from)
         }
     };
     match result {

@@ -47,8 +47,19 @@ pub fn demo_config(listen: &str, bootstrap: &str, key: &str) -> Config {
     }
 }
 
+/// Why `dev` could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error("the embedded Kafka cluster: {0}")]
+    Cluster(#[from] rdkafka::error::KafkaError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Build(#[from] crate::app::BuildError),
+}
+
 /// Runs the demo until Ctrl-C. The mock cluster lives on this thread (it is not `Send`).
-pub fn run(listen: &str, worker_threads: usize) -> anyhow::Result<()> {
+pub fn run(listen: &str, worker_threads: usize) -> Result<(), DevError> {
     let cluster = MockCluster::new(1)?;
     for class in KNOWN_EVENT_CLASSES {
         cluster.create_topic(&format!("catalog360.{class}"), 3, 1)?;
@@ -67,7 +78,7 @@ pub fn run(listen: &str, worker_threads: usize) -> anyhow::Result<()> {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;
-        Ok::<_, anyhow::Error>(())
+        Ok::<_, DevError>(())
     })?;
     // The producer goes first, so it does not log the cluster's disappearance as an error.
     drop(rt);

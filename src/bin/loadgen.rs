@@ -2,7 +2,7 @@
 //! events straight to the broker with the bridge's own sinks (`direct-kafka`, `direct-rabbit`),
 //! and reports events/s and per-batch latency percentiles as JSON.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use bytes::Bytes;
 use c360_bridge::routing::KeyPointer;
 use c360_bridge::{sample, signature};
@@ -121,7 +121,11 @@ fn main() -> Result<()> {
                     librdkafka: BTreeMap::from([("compression.type".into(), "none".into())]),
                 };
                 let sink = KafkaSink::new("kafka", &cfg, Duration::from_secs(15))?;
-                sink.probe_now(Duration::from_secs(5));
+                anyhow::ensure!(
+                    sink.probe_now(Duration::from_secs(5)),
+                    "no Kafka broker answered at {}",
+                    cfg.bootstrap_servers
+                );
                 direct(Arc::new(sink), format!("{prefix}."), key, load).await
             }
             Mode::DirectRabbit {
@@ -183,7 +187,7 @@ async fn http(url: String, key: String, load: Load) -> Result<serde_json::Value>
             }
         }
     })
-    .await;
+    .await?;
     Ok(report("http", &load, tallies, started.elapsed()))
 }
 
@@ -268,7 +272,7 @@ async fn direct(
                 .map_or(Ok(()), |e| Err(e.code().to_owned()))
         }
     })
-    .await;
+    .await?;
     Ok(report("direct", &load, tallies, started.elapsed()))
 }
 
@@ -298,7 +302,7 @@ fn messages(
 }
 
 /// Runs `concurrency` senders for `duration`, each sending batch after batch.
-async fn run_senders<F, Fut>(load: &Load, send: F) -> Vec<Tally>
+async fn run_senders<F, Fut>(load: &Load, send: F) -> Result<Vec<Tally>>
 where
     F: Fn(u64) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Result<(), String>> + Send,
@@ -333,9 +337,10 @@ where
     }
     let mut out = Vec::new();
     for task in tasks {
-        out.push(task.await.unwrap_or_default());
+        // A sender that panicked would silently shrink the totals: fail the run instead.
+        out.push(task.await.context("a sender task failed")?);
     }
-    out
+    Ok(out)
 }
 
 fn report(mode: &str, load: &Load, tallies: Vec<Tally>, elapsed: Duration) -> serde_json::Value {
