@@ -32,13 +32,6 @@ fn payloads(records: &[Record]) -> Vec<Vec<u8>> {
     records.iter().map(|r| r.payload.clone()).collect()
 }
 
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_produce_errors_are_retried_and_each_event_lands_once() {
     let cluster = mock(&[("t", 1)]);
@@ -247,12 +240,7 @@ async fn confirms_of_one_sink_are_kept_when_another_sink_never_answers() {
     assert_eq!(r.status, 200, "{:?}", r.json);
     let got = queue.drain().await;
     assert_eq!(got.len(), 2, "each event once in RabbitMQ");
-    let metrics = reqwest::get(bridge.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
+    let metrics = metrics_text(&bridge).await;
     let skips = metric(&metrics, "c360_ledger_skips_total{sink=\"rabbit_kept\"}");
     assert_eq!(skips, 2.0, "{metrics}");
 }

@@ -212,6 +212,25 @@ pub async fn reply(req: reqwest::RequestBuilder) -> Reply {
     }
 }
 
+/// The sum of the Prometheus samples in `text` whose line starts with `name` (a metric name,
+/// optionally with the start of its labels).
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The bridge's `/metrics` text.
+pub async fn metrics_text(bridge: &Bridge) -> String {
+    reqwest::get(bridge.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body")
+}
+
 /// A batch body from event JSON texts, joined exactly as given.
 pub fn batch(events: &[String]) -> Vec<u8> {
     format!("{{\"events\":[{}]}}", events.join(",")).into_bytes()

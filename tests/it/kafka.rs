@@ -436,3 +436,57 @@ async fn a_stalled_body_gets_408_at_the_deadline_and_publishes_nothing() {
             .is_empty()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closing_bridge_refuses_batches_with_503_and_publishes_nothing() {
+    let _shared = SHARED_BROKERS.read().await;
+    let (bridge, prefix) = bridge_with_topics(&["task_created"]).await;
+    // What SIGTERM sets first, while connections that are already open are still served.
+    bridge.app.begin_shutdown();
+    let r = post(
+        &bridge.url("/hook"),
+        &batch(&[event("task_created", "c")]),
+        Some(KEY),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json["error"].as_str()),
+        (503, Some("shutting_down"))
+    );
+    assert!(r.retry_after.is_some(), "Retry-After on a 503");
+    let ready = reqwest::get(bridge.url("/readyz")).await.expect("readyz");
+    assert_eq!(ready.status(), 503, "a closing bridge is not ready");
+    assert!(
+        consume(&kafka(), &format!("{prefix}.task_created"), 3)
+            .await
+            .is_empty(),
+        "nothing was published"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unrouted_drop_publishes_the_routed_events_and_counts_the_others() {
+    let _shared = SHARED_BROKERS.read().await;
+    let prefix = unique("k");
+    create_topics(&kafka(), &[format!("{prefix}.task_created")], 3).await;
+    let dropped = format!("{prefix}_gone");
+    let toml = format!(
+        "unrouted = \"drop\"\n{}{}[[routes]]\nmatch = \"task_*\"\nsinks = [\"kafka\"]\ntopic = \"{prefix}.{{event_class}}\"\n",
+        webhook_toml("wh", KEY),
+        kafka_sink_toml("kafka", &kafka()),
+    );
+    let bridge = Bridge::start(&toml).await;
+    let routed = event("task_created", "d1");
+    let body = batch(&[routed.clone(), event(&dropped, "d2")]);
+    let r = post(&bridge.url("/hook"), &body, Some(KEY)).await;
+    assert_eq!(
+        (r.status, r.json.clone()),
+        (200, serde_json::json!({"accepted": 2}))
+    );
+    let got = consume(&kafka(), &format!("{prefix}.task_created"), 3).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].payload, routed.as_bytes());
+    let metrics = metrics_text(&bridge).await;
+    let name = format!("c360_events_unrouted_total{{event_class=\"{dropped}\"}}");
+    assert_eq!(metric(&metrics, &name), 1.0, "{metrics}");
+}
