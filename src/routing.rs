@@ -1,6 +1,6 @@
 //! Routing: `event_class` → [(sink, topic, key)], compiled once at start-up from `[[routes]]`.
 
-use crate::config::{Config, ConfigError, SinkConfig, Unrouted, invalid};
+use crate::config::{Config, ConfigError, RouteConfig, SinkConfig, Unrouted, invalid};
 use crate::envelope::{self, Event};
 use globset::{Glob, GlobMatcher};
 use serde_json::value::RawValue;
@@ -48,48 +48,12 @@ pub struct Target {
 impl Routes {
     /// Compiles `[[routes]]` against the sinks of `config`; errors name the offending key.
     pub fn compile(config: &Config, file: Option<&Path>) -> Result<Self, ConfigError> {
-        let names: Vec<&String> = config.sinks.keys().collect();
-        let mut routes = Vec::with_capacity(config.routes.len());
-        for (i, rc) in config.routes.iter().enumerate() {
-            let at = |field: &str| format!("routes[{i}].{field}");
-            let matcher = Glob::new(&rc.pattern)
-                .map_err(|e| invalid(file, at("match"), e.to_string()))?
-                .compile_matcher();
-            if rc.sinks.is_empty() {
-                return Err(invalid(file, at("sinks"), "names no sink"));
-            }
-            let key = rc
-                .key
-                .as_deref()
-                .map(KeyPointer::parse)
-                .transpose()
-                .map_err(|m| invalid(file, at("key"), m))?;
-            let mut targets = Vec::new();
-            for name in &rc.sinks {
-                let sink = names.iter().position(|n| *n == name).ok_or_else(|| {
-                    invalid(
-                        file,
-                        at("sinks"),
-                        format!("unknown sink {name:?} (known: {names:?})"),
-                    )
-                })?;
-                let sink_cfg = &config.sinks[name];
-                let text = rc.topic.as_deref().unwrap_or(sink_cfg.default_topic());
-                let topic = Template::parse(text, matches!(sink_cfg, SinkConfig::Kafka(_)))
-                    .map_err(|m| invalid(file, at("topic"), m))?;
-                targets.push(Target {
-                    sink,
-                    sink_name: name.clone(),
-                    topic,
-                    key: key.clone(),
-                });
-            }
-            routes.push(Route {
-                pattern: rc.pattern.clone(),
-                matcher,
-                targets,
-            });
-        }
+        let routes = config
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(i, rc)| compile_route(config, rc, i).map_err(|(k, m)| invalid(file, k, m)))
+            .collect::<Result<Vec<_>, _>>()?;
         let has_catch_all = config
             .routes
             .iter()
@@ -111,6 +75,60 @@ impl Routes {
     pub fn lookup(&self, event_class: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.matcher.is_match(event_class))
     }
+}
+
+/// Compiles `[[routes]]` entry `i`; an error is (the key, the problem).
+fn compile_route(config: &Config, rc: &RouteConfig, i: usize) -> Result<Route, (String, String)> {
+    let at = |field: &str| format!("routes[{i}].{field}");
+    let matcher = Glob::new(&rc.pattern)
+        .map_err(|e| (at("match"), e.to_string()))?
+        .compile_matcher();
+    if rc.sinks.is_empty() {
+        return Err((at("sinks"), "names no sink".into()));
+    }
+    let key = rc
+        .key
+        .as_deref()
+        .map(KeyPointer::parse)
+        .transpose()
+        .map_err(|m| (at("key"), m))?;
+    let targets = rc
+        .sinks
+        .iter()
+        .map(|name| target(config, rc, name, key.clone(), &at))
+        .collect::<Result<_, _>>()?;
+    Ok(Route {
+        pattern: rc.pattern.clone(),
+        matcher,
+        targets,
+    })
+}
+
+/// The target of a route for sink `name`.
+fn target(
+    config: &Config,
+    rc: &RouteConfig,
+    name: &str,
+    key: Option<KeyPointer>,
+    at: &dyn Fn(&str) -> String,
+) -> Result<Target, (String, String)> {
+    let names: Vec<&String> = config.sinks.keys().collect();
+    let sink = names.iter().position(|n| *n == name).ok_or_else(|| {
+        (
+            at("sinks"),
+            format!("unknown sink {name:?} (known: {names:?})"),
+        )
+    })?;
+    let sink_cfg = &config.sinks[name];
+    let text = rc.topic.as_deref().unwrap_or(sink_cfg.default_topic());
+    let topic = Template::parse(text, matches!(sink_cfg, SinkConfig::Kafka(_)))
+        .map_err(|m| (at("topic"), m))?;
+    Ok(Target {
+        sink,
+        sink_name: name.to_owned(),
+        topic,
+        key,
+    })
 }
 
 /// A destination template with `{event_class}`, `{payload_class}` and `{webhook}` placeholders.

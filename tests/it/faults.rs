@@ -421,6 +421,40 @@ impl Lcg {
     }
 }
 
+/// Injects fault `kind` of the soak (0-3), waits until it is over, and names it.
+async fn inject(
+    kind: u64,
+    cluster: &MockCluster<'static, DefaultProducerContext>,
+    tansu: &mut Tansu,
+    rng: &mut Lcg,
+) -> &'static str {
+    match kind {
+        0 => {
+            cluster.broker_down(1).expect("down");
+            tokio::time::sleep(Duration::from_millis(500 + rng.next(3000))).await;
+            cluster.broker_up(1).expect("up");
+            "all Kafka brokers down"
+        }
+        1 => {
+            tansu.kill9();
+            tokio::time::sleep(Duration::from_millis(rng.next(3000))).await;
+            tansu.restart().await;
+            "tansu SIGKILL + restart"
+        }
+        2 => {
+            rabbitmqctl(&["close_all_connections", "soak"]);
+            "RabbitMQ close_all_connections"
+        }
+        _ => {
+            rabbitmqctl(&["stop_app"]);
+            tokio::time::sleep(Duration::from_millis(rng.next(1000))).await;
+            rabbitmqctl(&["start_app"]);
+            rabbitmqctl(&["await_startup"]);
+            "RabbitMQ stop_app/start_app"
+        }
+    }
+}
+
 /// Faults 2 (all Kafka brokers down), 5 (tansu SIGKILL + restart) and 6 (RabbitMQ connections
 /// closed, app restarted) at random under a fan-out load to the mock cluster, tansu (sqlite) and
 /// RabbitMQ.
@@ -476,31 +510,7 @@ async fn conservation_soak_under_random_faults() {
     let mut faults = Vec::new();
     for kind in kinds {
         tokio::time::sleep(Duration::from_millis(800 + rng.next(800))).await;
-        match kind {
-            0 => {
-                faults.push("all Kafka brokers down");
-                cluster.broker_down(1).expect("down");
-                tokio::time::sleep(Duration::from_millis(500 + rng.next(3000))).await;
-                cluster.broker_up(1).expect("up");
-            }
-            1 => {
-                faults.push("tansu SIGKILL + restart");
-                tansu.kill9();
-                tokio::time::sleep(Duration::from_millis(rng.next(3000))).await;
-                tansu.restart().await;
-            }
-            2 => {
-                faults.push("RabbitMQ close_all_connections");
-                rabbitmqctl(&["close_all_connections", "soak"]);
-            }
-            _ => {
-                faults.push("RabbitMQ stop_app/start_app");
-                rabbitmqctl(&["stop_app"]);
-                tokio::time::sleep(Duration::from_millis(rng.next(1000))).await;
-                rabbitmqctl(&["start_app"]);
-                rabbitmqctl(&["await_startup"]);
-            }
-        }
+        faults.push(inject(kind, &cluster, &mut tansu, &mut rng).await);
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.cancel();

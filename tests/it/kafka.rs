@@ -131,11 +131,8 @@ async fn a_resent_batch_is_not_published_twice_and_ids_are_stable() {
 /// What is sent, signed with which key, and the status and error code expected.
 type Case<'a> = (&'a str, Vec<u8>, Option<&'a str>, u16, &'a str);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_rejection_publishes_nothing() {
-    let _shared = SHARED_BROKERS.read().await;
-    let (bridge, prefix) = bridge_with_topics(&["task_created"]).await;
-    let url = bridge.url("/hook");
+/// Every rejection the envelope and signature checks make, with its status and code.
+fn rejection_cases() -> Vec<Case<'static>> {
     let good = batch(&[event("task_created", "x")]);
     let six = batch(
         &(0..6)
@@ -143,7 +140,7 @@ async fn every_rejection_publishes_nothing() {
             .collect::<Vec<_>>(),
     );
     let big = batch(&[event("task_created", &"y".repeat(5000))]);
-    let cases: Vec<Case> = vec![
+    vec![
         ("no signature", good.clone(), None, 401, "signature_missing"),
         (
             "wrong key",
@@ -189,7 +186,16 @@ async fn every_rejection_publishes_nothing() {
             400,
             "invalid_event",
         ),
-    ];
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rejection_publishes_nothing() {
+    let _shared = SHARED_BROKERS.read().await;
+    let (bridge, prefix) = bridge_with_topics(&["task_created"]).await;
+    let url = bridge.url("/hook");
+    let good = batch(&[event("task_created", "x")]);
+    let cases = rejection_cases();
     for (what, body, key, status, code) in cases {
         let r = post(&url, &body, key).await;
         assert_eq!(r.status, status, "{what}: {:?}", r.json);
