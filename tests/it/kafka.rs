@@ -496,3 +496,32 @@ async fn unrouted_drop_publishes_the_routed_events_and_counts_the_others() {
     let name = format!("c360_events_unrouted_total{{event_class=\"{dropped}\"}}");
     assert_eq!(metric(&metrics, &name), 1.0, "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_that_share_a_key_keep_their_order() {
+    let _shared = SHARED_BROKERS.read().await;
+    let (bridge, prefix) = bridge_with_topics(&["task_updated"]).await;
+    let mut sent = Vec::new();
+    // Three batches of five (this bridge's max_events), all keyed "same".
+    for b in 0..3 {
+        let events: Vec<String> = (0..5)
+            .map(|i| {
+                format!(
+                    r#"{{"event_class":"task_updated","payload":{{"new":{{"id":"same","seq":{}}}}}}}"#,
+                    b * 5 + i
+                )
+            })
+            .collect();
+        let r = post(&bridge.url("/hook"), &batch(&events), Some(KEY)).await;
+        assert_eq!(r.status, 200, "{:?}", r.json);
+        sent.extend(events.into_iter().map(String::into_bytes));
+    }
+    let got = consume(&kafka(), &format!("{prefix}.task_updated"), 3).await;
+    let partitions: std::collections::BTreeSet<i32> = got.iter().map(|r| r.partition).collect();
+    assert_eq!(partitions.len(), 1, "one key, one partition");
+    let got: Vec<Vec<u8>> = got.into_iter().map(|r| r.payload).collect();
+    assert_eq!(
+        got, sent,
+        "the partition holds the events in the order they were sent"
+    );
+}
