@@ -4,9 +4,10 @@ use crate::answer::{Answer, Rejection};
 use crate::app::{App, Webhook};
 use crate::config::Unrouted;
 use crate::envelope::{self, EnvelopeError, Event};
-use crate::event_id::event_ids;
+use crate::event_id::{EventId, event_ids};
 use crate::ledger;
 use crate::metrics as m;
+use crate::routing::Target;
 use crate::signature::{HEADER, Verdict};
 use bytes::Bytes;
 use c360_sinks::{EventMeta, Message, SinkError};
@@ -109,33 +110,51 @@ fn plan(
         });
         let raw = body.slice_ref(event.raw.get().as_bytes());
         for t in &route.targets {
-            let destination = t
-                .topic
-                .destination(event, &webhook.name)
-                .map_err(|reason| EnvelopeError::BadEvent {
-                    index,
-                    reason: format!("event_class {:?} {reason}", event.event_class),
-                })?;
-            let msg = Message {
-                destination,
-                key: t
-                    .key
-                    .as_ref()
-                    .and_then(|k| k.extract(event.raw))
-                    .map(Bytes::from),
-                body: raw.clone(),
-                meta: meta.clone(),
-            };
-            let ledger_key = id.ledger_key(t.sink);
-            jobs.push(Job {
-                sink: t.sink,
-                msg,
-                ledger_key,
-            });
+            jobs.push(event_job(index, event, &id, t, &meta, &raw)?);
         }
     }
-    let seen = app.ledger.seen(jobs.iter().map(|j| j.ledger_key));
-    let mut seen = seen.into_iter();
+    Ok(unconfirmed(app, jobs))
+}
+
+/// The job that publishes event `index` (its bytes `raw`, its headers `meta`) to target `t`.
+fn event_job(
+    index: usize,
+    event: &Event,
+    id: &EventId,
+    t: &Target,
+    meta: &Arc<EventMeta>,
+    raw: &Bytes,
+) -> Result<Job, EnvelopeError> {
+    let destination = t
+        .topic
+        .destination(event, &meta.webhook)
+        .map_err(|reason| EnvelopeError::BadEvent {
+            index,
+            reason: format!("event_class {:?} {reason}", event.event_class),
+        })?;
+    let msg = Message {
+        destination,
+        key: t
+            .key
+            .as_ref()
+            .and_then(|k| k.extract(event.raw))
+            .map(Bytes::from),
+        body: raw.clone(),
+        meta: meta.clone(),
+    };
+    Ok(Job {
+        sink: t.sink,
+        msg,
+        ledger_key: id.ledger_key(t.sink),
+    })
+}
+
+/// The jobs whose (event, sink) pair the ledger has no confirm for; counts the skipped ones.
+fn unconfirmed(app: &App, mut jobs: Vec<Job>) -> Vec<Job> {
+    let mut seen = app
+        .ledger
+        .seen(jobs.iter().map(|j| j.ledger_key))
+        .into_iter();
     jobs.retain(|j| {
         let skip = seen.next().unwrap_or(false);
         if skip {
@@ -143,7 +162,7 @@ fn plan(
         }
         !skip
     });
-    Ok(jobs)
+    jobs
 }
 
 /// The jobs of a batch that were not confirmed (index into the jobs, and why).

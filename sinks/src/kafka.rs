@@ -78,6 +78,13 @@ impl KafkaSink {
         })
     }
 
+    /// Tells the probe thread to end; the thread is returned for joining.
+    fn stop_probe(&self) -> Option<JoinHandle<()>> {
+        let probe = self.probe.lock().ok()?.take()?;
+        drop(probe.stop);
+        Some(probe.thread)
+    }
+
     /// Blocks (up to `timeout`) until the cluster has answered a metadata request.
     pub fn probe_now(&self, timeout: Duration) -> bool {
         probe(&self.producer, &self.health, timeout)
@@ -124,15 +131,6 @@ fn client_config(
         }
     }
     Ok(cc)
-}
-
-impl KafkaSink {
-    /// Tells the probe thread to end; the thread is returned for joining.
-    fn stop_probe(&self) -> Option<JoinHandle<()>> {
-        let probe = self.probe.lock().ok()?.take()?;
-        drop(probe.stop);
-        Some(probe.thread)
-    }
 }
 
 impl Drop for KafkaSink {
