@@ -334,7 +334,6 @@ fn webhook_problem<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::ExposeSecret;
 
     #[test]
     #[allow(clippy::result_large_err)] // figment::Jail's closure returns figment's own error type

@@ -78,7 +78,7 @@ async fn ingest(
         };
     }
     let jobs = plan(app, webhook, &body, &events)?;
-    publish(app, jobs, permit, started).await?;
+    publish(app, jobs, permit, deadline).await?;
     Ok(events.len())
 }
 
@@ -168,7 +168,7 @@ fn unconfirmed(app: &App, mut jobs: Vec<Job>) -> Vec<Job> {
 /// The jobs of a batch that were not confirmed (index into the jobs, and why).
 type Failures = Vec<(usize, SinkError)>;
 
-/// Starts every job at once, waits for all confirms until the answer deadline.
+/// Starts every job at once, waits for all confirms until the answer `deadline`.
 ///
 /// The publishing runs in its own task holding the in-flight permit, so confirms that arrive
 /// after a 503 are still recorded in the ledger, and memory stays bounded by the permits.
@@ -176,7 +176,7 @@ async fn publish(
     app: &Arc<App>,
     jobs: Vec<Job>,
     permit: OwnedSemaphorePermit,
-    started: Instant,
+    deadline: tokio::time::Instant,
 ) -> Result<(), Rejection> {
     if jobs.is_empty() {
         return Ok(());
@@ -189,7 +189,6 @@ async fn publish(
         let outcome = publish_all(&task_app, &jobs).await;
         let _ = tx.send(outcome);
     });
-    let deadline = tokio::time::Instant::from_std(started + app.answer_deadline);
     match tokio::time::timeout_at(deadline, rx).await {
         Ok(Ok(failures)) => match failures.first() {
             None => Ok(()),

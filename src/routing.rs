@@ -112,8 +112,8 @@ fn target(
     key: Option<KeyPointer>,
     at: &dyn Fn(&str) -> String,
 ) -> Result<Target, (String, String)> {
-    let names: Vec<&String> = config.sinks.keys().collect();
-    let sink = names.iter().position(|n| *n == name).ok_or_else(|| {
+    let sink = config.sinks.keys().position(|n| n == name).ok_or_else(|| {
+        let names: Vec<&String> = config.sinks.keys().collect();
         (
             at("sinks"),
             format!("unknown sink {name:?} (known: {names:?})"),
@@ -129,6 +129,11 @@ fn target(
         topic,
         key,
     })
+}
+
+/// Whether Kafka allows byte `b` in a topic name.
+fn kafka_topic_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"._-".contains(&b)
 }
 
 /// A destination template with `{event_class}`, `{payload_class}` and `{webhook}` placeholders.
@@ -184,11 +189,7 @@ impl Template {
                 if s.contains('}') {
                     return Err(format!("stray }} in {text:?}"));
                 }
-                if kafka
-                    && !s
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-                {
+                if kafka && !s.bytes().all(kafka_topic_byte) {
                     return Err(format!(
                         "{text:?} has characters a Kafka topic cannot have (letters, digits, . _ - only)"
                     ));
@@ -208,11 +209,7 @@ impl Template {
     pub fn destination(&self, event: &Event, webhook: &str) -> Result<String, String> {
         let d = self.render_parts(&event.event_class, event.payload_class.as_deref(), webhook);
         let legal = if self.kafka {
-            (1..=249).contains(&d.len())
-                && d.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-                && d != "."
-                && d != ".."
+            (1..=249).contains(&d.len()) && d.bytes().all(kafka_topic_byte) && d != "." && d != ".."
         } else {
             d.len() <= 255
         };

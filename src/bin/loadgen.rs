@@ -110,53 +110,69 @@ fn main() -> Result<()> {
                 prefix,
                 key_pointer,
                 load,
-            } => {
-                let key = key_pointer
-                    .as_deref()
-                    .map(KeyPointer::parse)
-                    .transpose()
-                    .map_err(anyhow::Error::msg)?;
-                let cfg = KafkaConfig {
-                    bootstrap_servers: bootstrap,
-                    librdkafka: BTreeMap::from([("compression.type".into(), "none".into())]),
-                };
-                let sink = KafkaSink::new("kafka", &cfg, Duration::from_secs(15))?;
-                anyhow::ensure!(
-                    sink.probe_now(Duration::from_secs(5)),
-                    "no Kafka broker answered at {}",
-                    cfg.bootstrap_servers
-                );
-                direct(Arc::new(sink), format!("{prefix}."), key, load).await
-            }
+            } => direct_kafka(bootstrap, prefix, key_pointer, load).await,
             Mode::DirectRabbit {
                 url,
                 exchange,
                 bind_queue,
                 channels,
                 load,
-            } => {
-                if let Some(q) = &bind_queue {
-                    bind(&url, &exchange, q).await?;
-                }
-                let cfg: RabbitConfig = serde_json::from_value(
-                    json!({ "url": url, "exchange": exchange, "channels": channels }),
-                )?;
-                let sink = Arc::new(RabbitSink::new("rabbit", &cfg)?);
-                let until = Instant::now() + Duration::from_secs(10);
-                while !sink.readiness().ready {
-                    anyhow::ensure!(
-                        Instant::now() < until,
-                        "RabbitMQ not ready: {}",
-                        sink.readiness().detail
-                    );
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                direct(sink, String::new(), None, load).await
-            }
+            } => direct_rabbit(url, exchange, bind_queue, channels, load).await,
         }
     })?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+/// `direct-kafka`: the bridge's Kafka sink, once a broker at `bootstrap` answered.
+async fn direct_kafka(
+    bootstrap: String,
+    prefix: String,
+    key_pointer: Option<String>,
+    load: Load,
+) -> Result<serde_json::Value> {
+    let key = key_pointer
+        .as_deref()
+        .map(KeyPointer::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let cfg = KafkaConfig {
+        bootstrap_servers: bootstrap,
+        librdkafka: BTreeMap::from([("compression.type".into(), "none".into())]),
+    };
+    let sink = KafkaSink::new("kafka", &cfg, Duration::from_secs(15))?;
+    anyhow::ensure!(
+        sink.probe_now(Duration::from_secs(5)),
+        "no Kafka broker answered at {}",
+        cfg.bootstrap_servers
+    );
+    direct(Arc::new(sink), format!("{prefix}."), key, load).await
+}
+
+/// `direct-rabbit`: the bridge's RabbitMQ sink, once connected (binding `bind_queue` first).
+async fn direct_rabbit(
+    url: String,
+    exchange: String,
+    bind_queue: Option<String>,
+    channels: usize,
+    load: Load,
+) -> Result<serde_json::Value> {
+    if let Some(q) = &bind_queue {
+        bind(&url, &exchange, q).await?;
+    }
+    let cfg: RabbitConfig =
+        serde_json::from_value(json!({ "url": url, "exchange": exchange, "channels": channels }))?;
+    let sink = Arc::new(RabbitSink::new("rabbit", &cfg)?);
+    let until = Instant::now() + Duration::from_secs(10);
+    while !sink.readiness().ready {
+        anyhow::ensure!(
+            Instant::now() < until,
+            "RabbitMQ not ready: {}",
+            sink.readiness().detail
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    direct(sink, String::new(), None, load).await
 }
 
 async fn http(url: String, key: String, load: Load) -> Result<serde_json::Value> {

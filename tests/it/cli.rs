@@ -251,15 +251,7 @@ async fn dev_serves_a_demo_that_a_real_consumer_reads() {
         lines.iter().any(|l| l.contains("keeps NOTHING")),
         "{lines:?}"
     );
-    let until = Instant::now() + Duration::from_secs(20);
-    while reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(Instant::now() < until, "dev not ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_ready_at(&format!("http://127.0.0.1:{port}"), Duration::from_secs(20)).await;
     let (code, out, err) =
         tokio::task::spawn_blocking(move || run(&["send", "--url", &url, "--key", &key], None))
             .await
@@ -300,18 +292,7 @@ async fn serve_from_env_stops_cleanly_on_sigterm_and_every_200_is_in_the_topic()
     let stderr = child.stderr.take().expect("stderr");
     let logs = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
     let base = format!("http://127.0.0.1:{port}");
-    let until = Instant::now() + Duration::from_secs(20);
-    while reqwest::get(format!("{base}/readyz"))
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(
-            Instant::now() < until,
-            "serve not ready on the port from C360_BRIDGE_SERVER__LISTEN"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_ready_at(&base, Duration::from_secs(20)).await;
     let unsigned = post(&format!("{base}/hook"), b"{\"events\":[]}", Some("wrong")).await;
     assert_eq!(unsigned.status, 401);
     let stop = CancellationToken::new();
@@ -429,15 +410,11 @@ async fn admin_listen_keeps_the_operational_endpoints_off_the_public_port() {
         .stderr(Stdio::null())
         .spawn()
         .expect("serve");
-    let until = Instant::now() + Duration::from_secs(20);
-    while reqwest::get(format!("http://127.0.0.1:{admin}/readyz"))
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        assert!(Instant::now() < until, "admin listener not ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_ready_at(
+        &format!("http://127.0.0.1:{admin}"),
+        Duration::from_secs(20),
+    )
+    .await;
     let metrics = reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
         .await
         .unwrap();

@@ -11,11 +11,25 @@ use tokio_util::sync::CancellationToken;
 
 const KEY: &str = "fault-key";
 
+/// A librdkafka line for a sink whose messages never time out in the producer.
+const NO_MESSAGE_TIMEOUT: &str = "\"message.timeout.ms\" = \"0\"\n";
+
 fn kafka_config(bootstrap: &str, topic: &str, ack_timeout: &str, server_extra: &str) -> String {
+    kafka_config_with(bootstrap, topic, ack_timeout, server_extra, "")
+}
+
+/// `kafka_config` with `librdkafka` lines added to the sink's librdkafka table.
+fn kafka_config_with(
+    bootstrap: &str,
+    topic: &str,
+    ack_timeout: &str,
+    server_extra: &str,
+    librdkafka: &str,
+) -> String {
     format!(
         "[server]\nack_timeout = \"{ack_timeout}\"\n{server_extra}\n{}{}{}",
         webhook_toml("wh", KEY),
-        kafka_sink_toml("kafka", bootstrap),
+        kafka_sink_toml_with("kafka", bootstrap, librdkafka),
         route_all_toml(&["kafka"], &format!("topic = \"{topic}\"\n"))
     )
 }
@@ -216,11 +230,7 @@ async fn confirms_of_one_sink_are_kept_when_another_sink_never_answers() {
     let toml = format!(
         "[server]\nack_timeout = \"1s\"\n{}{}{}{}",
         webhook_toml("wh", KEY),
-        kafka_sink_toml_with(
-            "kafka",
-            &cluster.bootstrap_servers(),
-            "\"message.timeout.ms\" = \"0\"\n"
-        ),
+        kafka_sink_toml_with("kafka", &cluster.bootstrap_servers(), NO_MESSAGE_TIMEOUT),
         rabbit_sink_toml("rabbit_kept", &exchange),
         route_all_toml(&["kafka", "rabbit_kept"], "topic = \"t\"\n")
     );
@@ -298,12 +308,7 @@ async fn tansu_killed_mid_load_and_restarted_loses_no_acknowledged_event() {
     // epoch, which tansu 0.6.0's sqlite engine cannot take (it panics, "more or less than one
     // row", and serves nobody). The mock-cluster tests cover timeouts; the answer deadline is
     // the bridge's own either way.
-    let toml = format!(
-        "[server]\nack_timeout = \"3s\"\n{}{}{}",
-        webhook_toml("wh", KEY),
-        kafka_sink_toml_with("kafka", &tansu.addr, "\"message.timeout.ms\" = \"0\"\n"),
-        route_all_toml(&["kafka"], "topic = \"t\"\n")
-    );
+    let toml = kafka_config_with(&tansu.addr, "t", "3s", "", NO_MESSAGE_TIMEOUT);
     let bridge = Bridge::start(&toml).await;
     let stop = CancellationToken::new();
     let load = tokio::spawn(load_until(
@@ -492,10 +497,10 @@ async fn conservation_soak_under_random_faults() {
     let exchange = unique("x");
     let queue = Queue::bind(&exchange, &["#"], FieldTable::default()).await;
     let toml = format!(
-        "[server]\nack_timeout = \"3s\"\n{}{}{}\"message.timeout.ms\" = \"0\"\n{}{}",
+        "[server]\nack_timeout = \"3s\"\n{}{}{}{}{}",
         webhook_toml("wh", KEY),
         kafka_sink_toml("kafka", &cluster.bootstrap_servers()),
-        kafka_sink_toml("tansu", &tansu.addr),
+        kafka_sink_toml_with("tansu", &tansu.addr, NO_MESSAGE_TIMEOUT),
         rabbit_sink_toml("rabbit", &exchange),
         route_all_toml(&["kafka", "tansu", "rabbit"], "topic = \"soak\"\n")
     );

@@ -78,6 +78,23 @@ pub fn route_all_toml(sinks: &[&str], extra: &str) -> String {
     format!("[[routes]]\nmatch = \"*\"\nsinks = {sinks:?}\n{extra}")
 }
 
+/// Waits until `{base}/readyz` answers 200 (a bridge in this process or a spawned binary).
+pub async fn wait_ready_at(base: &str, within: Duration) {
+    let until = Instant::now() + within;
+    loop {
+        let r = reqwest::get(format!("{base}/readyz")).await;
+        if matches!(&r, Ok(r) if r.status() == 200) {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "{base} not ready within {within:?}: {:?}",
+            r.map(|r| r.status())
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A bridge running in this process on an ephemeral port.
 pub struct Bridge {
     pub addr: SocketAddr,
@@ -125,19 +142,7 @@ impl Bridge {
 
     /// Waits until /readyz says every sink is ready.
     pub async fn wait_ready(&self, within: Duration) {
-        let until = Instant::now() + within;
-        loop {
-            let r = reqwest::get(self.url("/readyz")).await;
-            if matches!(&r, Ok(r) if r.status() == 200) {
-                return;
-            }
-            assert!(
-                Instant::now() < until,
-                "bridge not ready within {within:?}: {:?}",
-                r.map(|r| r.status())
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_ready_at(&self.url(""), within).await;
     }
 
     /// Waits until no batch is being published any more: every publish task, including those
