@@ -5,6 +5,7 @@ use crate::{Message, Readiness, Sink, SinkError};
 use async_trait::async_trait;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::uri::AMQPUri;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
@@ -34,6 +35,10 @@ pub struct RabbitConfig {
     pub channels: usize,
 }
 
+/// The AMQP heartbeat the bridge asks for when the URL sets none (`?heartbeat=N`): a silent
+/// network partition is noticed after two missed heartbeats, so within 20 s.
+pub const DEFAULT_HEARTBEAT_SECS: u16 = 10;
+
 fn default_exchange() -> String {
     "catalog360".into()
 }
@@ -50,8 +55,15 @@ fn default_channels() -> usize {
 impl RabbitConfig {
     /// Checks what can be checked without connecting.
     pub fn validate(&self) -> Result<(), RabbitSetupError> {
-        lapin::uri::AMQPUri::from_str(&self.url).map_err(RabbitSetupError::Url)?;
+        self.uri()?;
         self.exchange_kind().map(|_| ())
+    }
+
+    /// The parsed URL, with the bridge's heartbeat when the URL sets none.
+    fn uri(&self) -> Result<AMQPUri, RabbitSetupError> {
+        let mut uri = AMQPUri::from_str(&self.url).map_err(RabbitSetupError::Url)?;
+        uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECS);
+        Ok(uri)
     }
 
     /// The validated exchange type.
@@ -106,7 +118,10 @@ impl Link {
 struct Shared {
     name: String,
     cfg: RabbitConfig,
+    uri: AMQPUri,
     kind: ExchangeKind,
+    /// The last error a publish met, to say why a link broke.
+    last_error: Mutex<Option<String>>,
     link: RwLock<Option<Arc<Link>>>,
     detail: Mutex<String>,
     closing: AtomicBool,
@@ -125,7 +140,9 @@ impl RabbitSink {
         let shared = Arc::new(Shared {
             name: name.to_owned(),
             cfg: cfg.clone(),
+            uri: cfg.uri()?,
             kind,
+            last_error: Mutex::new(None),
             link: RwLock::new(None),
             detail: Mutex::new("connecting".into()),
             closing: AtomicBool::new(false),
@@ -173,6 +190,38 @@ fn exchange_kind(s: &str) -> Result<ExchangeKind, RabbitSetupError> {
 }
 
 impl Shared {
+    /// Takes a broken link out of use, says why, counts the restart, and closes what is left
+    /// of it (a connection whose channel the broker closed is still open).
+    fn replace_broken(&self, link: Arc<Link>) {
+        let connection_alive = link.conn.status().connected();
+        let reason = if connection_alive {
+            "channel_closed"
+        } else {
+            "connection_lost"
+        };
+        let error = self.last_error.lock().ok().and_then(|mut e| e.take());
+        let detail = format!(
+            "{reason}: {}",
+            error.as_deref().unwrap_or("no error reported")
+        );
+        tracing::warn!(sink = %self.name, reason, "RabbitMQ link broken ({detail}); reconnecting");
+        metrics::counter!("c360_sink_restarts_total", "sink" => self.name.clone(), "reason" => reason)
+            .increment(1);
+        self.set(None, format!("{detail}; reconnecting"));
+        if connection_alive {
+            tokio::spawn(retire(link));
+        }
+    }
+
+    /// Remembers why a publish failed (the broker's reply text when it closed a channel).
+    fn note_error(&self, e: &lapin::Error) -> SinkError {
+        let text = e.to_string();
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(text.clone());
+        }
+        SinkError::Unavailable(text)
+    }
+
     fn detail(&self) -> String {
         self.detail.lock().map(|d| d.clone()).unwrap_or_default()
     }
@@ -188,6 +237,8 @@ impl Shared {
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a replaced connection may wait for its outstanding confirms before it is closed.
+const RETIRE_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const WATCH_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -206,8 +257,7 @@ async fn supervise(shared: Arc<Shared>) {
                 if shared.closing.load(Ordering::Relaxed) {
                     return;
                 }
-                tracing::warn!(sink = %shared.name, "RabbitMQ connection lost; reconnecting");
-                shared.set(None, "connection lost; reconnecting".into());
+                shared.replace_broken(link);
             }
             Ok(Err(e)) => shared.set(None, format!("cannot connect: {e}")),
             Err(_) => shared.set(None, "cannot connect: timed out".into()),
@@ -217,30 +267,44 @@ async fn supervise(shared: Arc<Shared>) {
     }
 }
 
+/// Lets the confirms still outstanding on a replaced link arrive, then closes its connection.
+async fn retire(link: Arc<Link>) {
+    let closing = async {
+        for ch in &link.channels {
+            let _ = ch.wait_for_confirms().await;
+        }
+        link.conn
+            .close(200, "c360-bridge: link replaced".into())
+            .await
+    };
+    let _ = tokio::time::timeout(RETIRE_TIMEOUT, closing).await;
+}
+
+/// Opens a connection and its confirm-mode channels, and declares the exchange (passively
+/// when the bridge does not own it, so a missing exchange keeps the sink not ready).
 async fn connect(shared: &Shared) -> Result<Arc<Link>, lapin::Error> {
     let props = ConnectionProperties::default()
         .with_connection_name(format!("c360-bridge/{}", shared.name).into());
-    let conn = Connection::connect(&shared.cfg.url, props).await?;
+    let conn = Connection::connect_uri(shared.uri.clone(), props).await?;
     let mut channels = Vec::with_capacity(shared.cfg.channels);
     for _ in 0..shared.cfg.channels {
         let ch = conn.create_channel().await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
         channels.push(ch);
     }
-    if shared.cfg.declare_exchange {
-        let opts = ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        channels[0]
-            .exchange_declare(
-                shared.cfg.exchange.as_str().into(),
-                shared.kind.clone(),
-                opts,
-                FieldTable::default(),
-            )
-            .await?;
-    }
+    let opts = ExchangeDeclareOptions {
+        durable: true,
+        passive: !shared.cfg.declare_exchange,
+        ..Default::default()
+    };
+    channels[0]
+        .exchange_declare(
+            shared.cfg.exchange.as_str().into(),
+            shared.kind.clone(),
+            opts,
+            FieldTable::default(),
+        )
+        .await?;
     Ok(Arc::new(Link {
         conn,
         channels,
@@ -283,7 +347,7 @@ impl Sink for RabbitSink {
                 properties(msg),
             )
             .await
-            .map_err(|e| unavailable(&e.to_string()))?;
+            .map_err(|e| self.shared.note_error(&e))?;
         match confirm.await {
             Ok(Confirmation::Ack(None)) => Ok(()),
             Ok(Confirmation::Ack(Some(_))) => Err(SinkError::Unroutable(msg.destination.clone())),
@@ -293,7 +357,7 @@ impl Sink for RabbitSink {
             Ok(Confirmation::NotRequested) => {
                 Err(SinkError::Refused("publisher confirms are off".into()))
             }
-            Err(e) => Err(unavailable(&e.to_string())),
+            Err(e) => Err(self.shared.note_error(&e)),
         }
     }
 
@@ -327,5 +391,32 @@ impl Sink for RabbitSink {
             }
         }
         self.shared.set(None, "closed".into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(url: &str) -> RabbitConfig {
+        RabbitConfig {
+            url: url.into(),
+            exchange: default_exchange(),
+            exchange_type: default_exchange_type(),
+            declare_exchange: true,
+            channels: 1,
+        }
+    }
+
+    #[test]
+    fn a_url_without_heartbeat_gets_the_bridges_so_partitions_are_noticed() {
+        let uri = cfg("amqp://guest:guest@127.0.0.1:5672/%2f")
+            .uri()
+            .expect("uri");
+        assert_eq!(uri.query.heartbeat, Some(DEFAULT_HEARTBEAT_SECS));
+        let own = cfg("amqp://127.0.0.1:5672/%2f?heartbeat=3")
+            .uri()
+            .expect("uri");
+        assert_eq!(own.query.heartbeat, Some(3));
     }
 }

@@ -2,6 +2,7 @@
 //! and SIGTERM, /readyz and /metrics over HTTP.
 
 use crate::harness::*;
+use crate::tansu::Tansu;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

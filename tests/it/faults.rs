@@ -2,6 +2,8 @@
 //! RabbitMQ processes for crashes, dropped connections and blocked publishers.
 
 use crate::harness::*;
+use crate::partition::Partition;
+use crate::tansu::Tansu;
 use lapin::types::FieldTable;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
@@ -9,17 +11,22 @@ use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-const KEY: &str = "fault-key";
+pub(crate) const KEY: &str = "fault-key";
 
 /// A librdkafka line for a sink whose messages never time out in the producer.
-const NO_MESSAGE_TIMEOUT: &str = "\"message.timeout.ms\" = \"0\"\n";
+pub(crate) const NO_MESSAGE_TIMEOUT: &str = "\"message.timeout.ms\" = \"0\"\n";
 
-fn kafka_config(bootstrap: &str, topic: &str, ack_timeout: &str, server_extra: &str) -> String {
+pub(crate) fn kafka_config(
+    bootstrap: &str,
+    topic: &str,
+    ack_timeout: &str,
+    server_extra: &str,
+) -> String {
     kafka_config_with(bootstrap, topic, ack_timeout, server_extra, "")
 }
 
 /// `kafka_config` with `librdkafka` lines added to the sink's librdkafka table.
-fn kafka_config_with(
+pub(crate) fn kafka_config_with(
     bootstrap: &str,
     topic: &str,
     ack_timeout: &str,
@@ -34,7 +41,7 @@ fn kafka_config_with(
     )
 }
 
-fn mock(topics: &[(&str, i32)]) -> MockCluster<'static, DefaultProducerContext> {
+pub(crate) fn mock(topics: &[(&str, i32)]) -> MockCluster<'static, DefaultProducerContext> {
     let cluster = MockCluster::new(1).expect("mock cluster");
     for (t, p) in topics {
         cluster.create_topic(t, *p, 1).expect("mock topic");
@@ -42,7 +49,7 @@ fn mock(topics: &[(&str, i32)]) -> MockCluster<'static, DefaultProducerContext> 
     cluster
 }
 
-fn payloads(records: &[Record]) -> Vec<Vec<u8>> {
+pub(crate) fn payloads(records: &[Record]) -> Vec<Vec<u8>> {
     records.iter().map(|r| r.payload.clone()).collect()
 }
 
@@ -444,7 +451,10 @@ impl Lcg {
     }
 }
 
-/// Injects fault `kind` of the soak (0-3), waits until it is over, and names it.
+/// The kinds of fault the soak injects.
+const FAULT_KINDS: u64 = 6;
+
+/// Injects fault `kind` of the soak (below `FAULT_KINDS`), waits until it is over, and names it.
 async fn inject(
     kind: u64,
     cluster: &MockCluster<'static, DefaultProducerContext>,
@@ -468,6 +478,22 @@ async fn inject(
             rabbitmqctl(&["close_all_connections", "soak"]);
             "RabbitMQ close_all_connections"
         }
+        4 => {
+            // The broker answers as one that lost the producer's sequence state: librdkafka
+            // raises a fatal error and the sink must replace its producer.
+            cluster.request_errors(
+                RDKafkaApiKey::Produce,
+                &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            "Kafka producer state lost (OUT_OF_ORDER_SEQUENCE_NUMBER)"
+        }
+        5 => {
+            let cut = (Partition::cut(tansu.port), Partition::cut(5672));
+            tokio::time::sleep(Duration::from_millis(1000 + rng.next(2000))).await;
+            drop(cut);
+            "silent partition from tansu and RabbitMQ"
+        }
         _ => {
             rabbitmqctl(&["stop_app"]);
             tokio::time::sleep(Duration::from_millis(rng.next(1000))).await;
@@ -478,9 +504,10 @@ async fn inject(
     }
 }
 
-/// Faults 2 (all Kafka brokers down), 5 (tansu SIGKILL + restart) and 6 (RabbitMQ connections
-/// closed, app restarted) at random under a fan-out load to the mock cluster, tansu (sqlite) and
-/// RabbitMQ.
+/// Faults 2 (all Kafka brokers down), 5 (tansu SIGKILL + restart), 6 (RabbitMQ connections
+/// closed, app restarted), a Kafka producer's lost state (a fatal error: the sink replaces its
+/// producer) and a silent partition (nftables drops tansu's and RabbitMQ's packets for 1-3 s)
+/// at random under a fan-out load to the mock cluster, tansu (sqlite) and RabbitMQ.
 ///
 /// The tansu sink never times messages out (`message.timeout.ms = 0`; the bridge still answers
 /// 503 at its deadline). An idempotent librdkafka producer whose messages time out bumps its
@@ -515,11 +542,11 @@ async fn conservation_soak_under_random_faults() {
     eprintln!("soak seed {seed} (SOAK_SEED={seed} repeats it)");
     let mut rng = Lcg(seed);
     // Every kind of fault once, in random order, then four more drawn at random.
-    let mut kinds = vec![0, 1, 2, 3];
+    let mut kinds: Vec<u64> = (0..FAULT_KINDS).collect();
     for i in (1..kinds.len()).rev() {
         kinds.swap(i, rng.next(i as u64 + 1) as usize);
     }
-    kinds.extend((0..4).map(|_| rng.next(4)));
+    kinds.extend((0..4).map(|_| rng.next(FAULT_KINDS)));
     let stop = CancellationToken::new();
     let load = tokio::spawn(load_until(
         bridge.url("/hook"),

@@ -5,5 +5,8 @@
 mod cli;
 mod faults;
 mod harness;
+mod healing;
 mod kafka;
+mod partition;
 mod rabbit;
+mod tansu;

@@ -1,0 +1,405 @@
+//! The Kafka sink: one shared idempotent producer (acks=all), headers per SPEC §3, replaced by
+//! a new instance when it cannot recover (see `generation` and `supervisor`).
+
+mod generation;
+mod supervisor;
+
+use crate::message::CONTENT_TYPE;
+use crate::{Message, Readiness, Sink, SinkError};
+use async_trait::async_trait;
+use generation::{Generation, Reason, Wake};
+use rdkafka::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureRecord, Producer};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use supervisor::Supervisor;
+
+/// `[sinks.NAME] type = "kafka"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers` of the cluster, e.g. `127.0.0.1:9092`.
+    pub bootstrap_servers: String,
+    /// Passed to librdkafka verbatim (`[sinks.NAME.librdkafka]`), after the bridge's defaults.
+    #[serde(default)]
+    pub librdkafka: BTreeMap<String, String>,
+}
+
+/// Settings the delivery guarantee depends on: the operator may not override them.
+const PINNED: [(&str, &str); 2] = [("enable.idempotence", "true"), ("acks", "all")];
+
+/// Why a Kafka sink could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    #[error("librdkafka.\"{key}\" cannot be overridden: the bridge needs {key}={value}")]
+    Pinned { key: String, value: &'static str },
+    #[error("librdkafka rejected the producer configuration: {0}")]
+    Client(#[from] KafkaError),
+}
+
+/// Publishes to Kafka; `publish` resolves with the delivery report of the message.
+pub struct KafkaSink {
+    shared: Arc<Shared>,
+    supervisor: Mutex<Option<Supervisor>>,
+}
+
+/// What the sink and its supervisor thread share.
+struct Shared {
+    name: String,
+    /// The configuration every producer instance is made from.
+    config: ClientConfig,
+    /// The producer instance in use; replaced when it cannot recover.
+    current: RwLock<Arc<Generation>>,
+    /// Whether the current instance's last metadata probe was answered.
+    reachable: AtomicBool,
+    /// Why publishes are refused while the producer is being replaced.
+    rebuilding: Mutex<Option<String>>,
+    /// Whether a message was delivered since the last rebuild (resets the rebuild backoff).
+    delivered: AtomicBool,
+    /// When the last message was delivered, in ms since `born`.
+    last_delivery_ms: AtomicU64,
+    born: Instant,
+    /// librdkafka's `message.timeout.ms` (`None` when messages never time out).
+    message_timeout: Option<Duration>,
+    /// Wakes the supervisor thread.
+    wake: mpsc::Sender<Wake>,
+}
+
+impl KafkaSink {
+    /// Builds the producer. `message_timeout` bounds librdkafka's own retries; the bridge sets
+    /// it below its answer deadline so that every delivery report arrives in time (unless the
+    /// operator's `librdkafka` table overrides `message.timeout.ms`).
+    pub fn new(
+        name: &str,
+        cfg: &KafkaConfig,
+        message_timeout: Duration,
+    ) -> Result<Self, KafkaSetupError> {
+        let config = client_config(cfg, message_timeout)?;
+        let (wake, wakes) = mpsc::channel();
+        let first = Generation::create(&config, name, 1, wake.clone())?;
+        let shared = Arc::new(Shared {
+            name: name.to_owned(),
+            message_timeout: configured_timeout(&config),
+            config,
+            current: RwLock::new(Arc::new(first)),
+            reachable: AtomicBool::new(false),
+            rebuilding: Mutex::new(None),
+            delivered: AtomicBool::new(false),
+            last_delivery_ms: AtomicU64::new(0),
+            born: Instant::now(),
+            wake,
+        });
+        let supervisor = supervisor::spawn(shared.clone(), wakes);
+        Ok(Self {
+            shared,
+            supervisor: Mutex::new(supervisor),
+        })
+    }
+
+    /// Tells the supervisor thread to end; the thread is returned for joining.
+    fn stop_supervisor(&self) -> Option<JoinHandle<()>> {
+        let s = self.supervisor.lock().ok()?.take()?;
+        let _ = s.wake.send(Wake::Stop);
+        Some(s.thread)
+    }
+
+    /// Blocks (up to `timeout`) until the cluster has answered a metadata request.
+    pub fn probe_now(&self, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        while !supervisor::probe(&self.shared) {
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        true
+    }
+}
+
+/// `message.timeout.ms` as librdkafka will apply it; 0 means infinite.
+fn configured_timeout(config: &ClientConfig) -> Option<Duration> {
+    config
+        .get("message.timeout.ms")
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&ms| ms > 0)
+        .map(Duration::from_millis)
+}
+
+impl Shared {
+    fn current(&self) -> Arc<Generation> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.current().id
+    }
+
+    /// Puts `next` in use and returns the instance it replaces.
+    fn replace(&self, next: Generation) -> Arc<Generation> {
+        let mut current = match self.current.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        std::mem::replace(&mut *current, Arc::new(next))
+    }
+
+    fn rebuilding(&self) -> Option<String> {
+        self.rebuilding.lock().ok().and_then(|r| r.clone())
+    }
+
+    fn set_rebuilding(&self, why: Option<String>) {
+        if let Ok(mut r) = self.rebuilding.lock() {
+            *r = why;
+        }
+    }
+
+    fn note_delivery(&self) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.last_delivery_ms.store(ms, Ordering::Relaxed);
+        self.delivered.store(true, Ordering::Relaxed);
+    }
+
+    /// Classifies a failed delivery of generation `generation`, and asks for a new producer
+    /// when the failure says the instance cannot recover: it lost its idempotence state, or
+    /// its deliveries time out for a whole message timeout while the cluster answers.
+    fn failed(&self, generation: u64, e: KafkaError) -> SinkError {
+        let code = e.rdkafka_error_code();
+        let reason = match code {
+            Some(c) if generation::is_state_loss(c) => Some(Reason::Fatal),
+            Some(RDKafkaErrorCode::MessageTimedOut) if self.stalled() => Some(Reason::Stalled),
+            _ => None,
+        };
+        if let Some(reason) = reason {
+            let _ = self.wake.send(Wake::Rebuild {
+                generation,
+                reason,
+                detail: e.to_string(),
+            });
+            return SinkError::Unavailable(format!("Kafka producer being replaced: {e}"));
+        }
+        classify(e)
+    }
+
+    /// Nothing was delivered for a whole message timeout although the cluster answers.
+    fn stalled(&self) -> bool {
+        let Some(timeout) = self.message_timeout else {
+            return false;
+        };
+        let last = Duration::from_millis(self.last_delivery_ms.load(Ordering::Relaxed));
+        self.reachable.load(Ordering::Relaxed) && self.born.elapsed() >= last + timeout
+    }
+}
+
+impl KafkaConfig {
+    /// Checks what can be checked without connecting: pinned keys, and every librdkafka key
+    /// and value (librdkafka parses them; nothing connects).
+    pub fn validate(&self) -> Result<(), KafkaSetupError> {
+        client_config(self, Duration::from_secs(1))?.create_native_config()?;
+        Ok(())
+    }
+}
+
+fn client_config(
+    cfg: &KafkaConfig,
+    message_timeout: Duration,
+) -> Result<ClientConfig, KafkaSetupError> {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &cfg.bootstrap_servers)
+        .set("client.id", "c360-bridge")
+        .set(
+            "message.timeout.ms",
+            message_timeout.as_millis().to_string(),
+        )
+        .set("linger.ms", "2")
+        // A broker that comes back is used within a second, not after up to 10 s of backoff.
+        .set("reconnect.backoff.max.ms", "1000");
+    for (key, value) in &cfg.librdkafka {
+        cc.set(key, value);
+    }
+    for (key, value) in PINNED {
+        match cfg.librdkafka.get(key) {
+            Some(v) if !(v == value || (key == "acks" && v == "-1")) => {
+                return Err(KafkaSetupError::Pinned {
+                    key: key.to_owned(),
+                    value,
+                });
+            }
+            _ => {
+                cc.set(key, value);
+            }
+        }
+    }
+    Ok(cc)
+}
+
+impl Drop for KafkaSink {
+    /// Ends the supervisor thread (it holds the producer) when the sink goes away unclosed.
+    fn drop(&mut self) {
+        self.stop_supervisor();
+    }
+}
+
+fn headers(msg: &Message) -> OwnedHeaders {
+    let mut h = OwnedHeaders::new_with_capacity(5);
+    for (key, value) in msg.meta.headers() {
+        h = h.insert(Header {
+            key,
+            value: Some(value),
+        });
+    }
+    h.insert(Header {
+        key: "content-type",
+        value: Some(CONTENT_TYPE),
+    })
+}
+
+/// Maps a librdkafka error to whether the bridge should tell the sender to retry.
+fn classify(e: KafkaError) -> SinkError {
+    use RDKafkaErrorCode as C;
+    match e.rdkafka_error_code() {
+        Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::InvalidMessage) => {
+            SinkError::Permanent(e.to_string())
+        }
+        Some(C::QueueFull) => SinkError::Overloaded(e.to_string()),
+        Some(C::MessageTimedOut) => SinkError::Timeout(e.to_string()),
+        Some(C::AllBrokersDown) => SinkError::Unavailable(e.to_string()),
+        _ => SinkError::Refused(e.to_string()),
+    }
+}
+
+#[async_trait]
+impl Sink for KafkaSink {
+    fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    async fn publish(&self, msg: &Message) -> Result<(), SinkError> {
+        let s = &self.shared;
+        if let Some(why) = s.rebuilding() {
+            return Err(SinkError::Unavailable(why));
+        }
+        if !s.reachable.load(Ordering::Relaxed) {
+            return Err(SinkError::Unavailable(
+                "no Kafka broker answered the last probe".into(),
+            ));
+        }
+        let mut record = FutureRecord::<[u8], [u8]>::to(&msg.destination)
+            .payload(&msg.body[..])
+            .headers(headers(msg));
+        if let Some(key) = &msg.key {
+            record = record.key(&key[..]);
+        }
+        let current = s.current();
+        let generation = current.id;
+        let delivery = current
+            .producer
+            .send_result(record)
+            .map_err(|(e, _)| s.failed(generation, e))?;
+        // Not held across the wait: a replaced instance is destroyed by the supervisor.
+        drop(current);
+        match delivery.await {
+            Ok(Ok(_)) => {
+                s.note_delivery();
+                Ok(())
+            }
+            Ok(Err((e, _))) => Err(s.failed(generation, e)),
+            Err(_) => Err(SinkError::Unavailable(
+                "producer shut down before delivery".into(),
+            )),
+        }
+    }
+
+    fn readiness(&self) -> Readiness {
+        if let Some(why) = self.shared.rebuilding() {
+            Readiness::not_ready(why)
+        } else if self.shared.reachable.load(Ordering::Relaxed) {
+            Readiness::ready("cluster reachable")
+        } else {
+            Readiness::not_ready("no Kafka broker answered the last metadata probe")
+        }
+    }
+
+    async fn close(&self, deadline: Duration) {
+        let supervisor = self.stop_supervisor();
+        let shared = self.shared.clone();
+        let flushed = tokio::task::spawn_blocking(move || {
+            // Joined, so no rebuild races with the flush.
+            if let Some(thread) = supervisor {
+                let _ = thread.join();
+            }
+            shared.current().producer.flush(deadline)
+        })
+        .await;
+        let name = &self.shared.name;
+        match flushed {
+            Ok(Ok(())) => tracing::info!(sink = %name, "Kafka producer flushed"),
+            Ok(Err(e)) => tracing::warn!(sink = %name, error = %e, "Kafka flush incomplete"),
+            Err(e) => tracing::warn!(sink = %name, error = %e, "Kafka flush task failed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(librdkafka: &[(&str, &str)]) -> ClientConfig {
+        let cfg = KafkaConfig {
+            bootstrap_servers: "127.0.0.1:1".into(),
+            librdkafka: librdkafka
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        client_config(&cfg, Duration::from_millis(1500)).expect("valid")
+    }
+
+    #[test]
+    fn the_stall_rule_uses_the_message_timeout_librdkafka_applies() {
+        assert_eq!(
+            configured_timeout(&config(&[])),
+            Some(Duration::from_millis(1500))
+        );
+        let overridden = config(&[("message.timeout.ms", "4000")]);
+        assert_eq!(
+            configured_timeout(&overridden),
+            Some(Duration::from_secs(4))
+        );
+        // Messages that never time out never stall the producer by this rule.
+        assert_eq!(
+            configured_timeout(&config(&[("message.timeout.ms", "0")])),
+            None
+        );
+    }
+
+    #[test]
+    fn only_lost_idempotence_state_replaces_the_producer() {
+        use RDKafkaErrorCode as C;
+        for code in [
+            C::Fatal,
+            C::OutOfOrderSequenceNumber,
+            C::UnknownProducerId,
+            C::InvalidProducerEpoch,
+            C::ProducerFenced,
+        ] {
+            assert!(generation::is_state_loss(code), "{code:?}");
+        }
+        for code in [
+            C::MessageTimedOut,
+            C::NotEnoughReplicas,
+            C::MessageSizeTooLarge,
+            C::AllBrokersDown,
+        ] {
+            assert!(!generation::is_state_loss(code), "{code:?}");
+        }
+    }
+}
