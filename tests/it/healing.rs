@@ -194,8 +194,8 @@ async fn tansu_restarted_empty_under_a_running_bridge_gets_200s_within_two_ack_t
     let metrics = metrics_text(&bridge).await;
     eprintln!(
         "tansu restarted empty: restarts fatal_error {}, deliveries_stalled {}",
-        restarts(&metrics, &sink, "fatal_error"),
-        restarts(&metrics, &sink, "deliveries_stalled")
+        restarts(&metrics, &sink, "fatal_error") + 0.0,
+        restarts(&metrics, &sink, "deliveries_stalled") + 0.0
     );
 }
 
@@ -207,9 +207,10 @@ async fn a_silent_partition_from_tansu_gets_503s_on_time_then_200s_without_a_res
     let (mut sent, _) = resend_until_ok(&bridge, &fresh(3), Duration::from_secs(1)).await;
     let cut = Partition::cut(tansu.port);
     let cut_at = Instant::now();
+    wait_not_ready_at(&bridge.url(""), Duration::from_secs(5)).await;
+    let unready = cut_at.elapsed();
     let hit = fresh(5);
     sent.push(refused_in_time(&bridge, &hit, Duration::from_secs(3)).await);
-    let unready = wait_not_ready_at(&bridge.url(""), Duration::from_secs(5)).await;
     // Longer than ack_timeout, as a cloud network blip can be.
     tokio::time::sleep(Duration::from_secs(5).saturating_sub(cut_at.elapsed())).await;
     sent.push(refused_in_time(&bridge, &hit, Duration::from_secs(3)).await);
@@ -242,10 +243,11 @@ async fn a_silent_partition_from_rabbitmq_gets_503s_on_time_then_200s_without_a_
     let (mut sent, _) = resend_until_ok(&bridge, &fresh(3), Duration::from_secs(1)).await;
     let cut = Partition::cut(5672);
     let cut_at = Instant::now();
+    // Two missed heartbeats of 2 s.
+    wait_not_ready_at(&bridge.url(""), Duration::from_secs(8)).await;
+    let unready = cut_at.elapsed();
     let hit = fresh(5);
     sent.push(refused_in_time(&bridge, &hit, Duration::from_secs(3)).await);
-    // Two missed heartbeats of 2 s.
-    let unready = wait_not_ready_at(&bridge.url(""), Duration::from_secs(8)).await;
     tokio::time::sleep(Duration::from_secs(8).saturating_sub(cut_at.elapsed())).await;
     sent.push(refused_in_time(&bridge, &hit, Duration::from_secs(3)).await);
     drop(cut);

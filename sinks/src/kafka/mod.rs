@@ -321,6 +321,8 @@ impl Sink for KafkaSink {
     fn readiness(&self) -> Readiness {
         if let Some(why) = self.shared.rebuilding() {
             Readiness::not_ready(why)
+        } else if let Some((code, why)) = self.shared.current().producer.client().fatal_error() {
+            Readiness::not_ready(format!("producer failed fatally ({code:?}: {why})"))
         } else if self.shared.reachable.load(Ordering::Relaxed) {
             Readiness::ready("cluster reachable")
         } else {
