@@ -6,4 +6,5 @@ mod cli;
 mod faults;
 mod harness;
 mod kafka;
+mod keys;
 mod rabbit;
