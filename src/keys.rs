@@ -136,6 +136,16 @@ enum Seen {
     Failed(std::io::ErrorKind),
 }
 
+impl Seen {
+    fn of(read: &Result<Vec<u8>, KeysError>) -> Seen {
+        match read {
+            Ok(bytes) => Seen::Bytes(Sha256::digest(bytes).into()),
+            Err(KeysError::Unreadable { source, .. }) => Seen::Failed(source.kind()),
+            Err(_) => Seen::Failed(std::io::ErrorKind::Other),
+        }
+    }
+}
+
 /// A webhook's `keys_file` and what the reloads know of it.
 struct KeyFile {
     path: PathBuf,
@@ -199,11 +209,7 @@ impl WebhookKeys {
         let file = self.file.as_ref()?;
         let mut state = file.state.lock().unwrap_or_else(PoisonError::into_inner);
         let read = read_bytes(&file.path);
-        let seen = match &read {
-            Ok(bytes) => Seen::Bytes(Sha256::digest(bytes).into()),
-            Err(KeysError::Unreadable { source, .. }) => Seen::Failed(source.kind()),
-            Err(_) => Seen::Failed(std::io::ErrorKind::Other),
-        };
+        let seen = Seen::of(&read);
         let first_look = state.seen.is_none();
         if trigger == Trigger::Poll && state.seen == Some(seen) {
             return None;
