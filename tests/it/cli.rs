@@ -71,6 +71,10 @@ fn check_names_the_file_and_key_of_each_mistake() {
             "ack_timeout",
         ),
         (
+            format!("[server]\nkeys_poll_interval = \"10ms\"\n{GOOD}"),
+            "server.keys_poll_interval",
+        ),
+        (
             GOOD.replace("match = \"*\"", "match = \"task_*\""),
             "routes",
         ),
