@@ -1,9 +1,9 @@
 //! `App`: everything a running bridge shares — webhooks, routes, sinks, ledger, limits.
 
 use crate::config::{Config, ConfigError, SinkConfig};
+use crate::keys::WebhookKeys;
 use crate::ledger::Ledger;
 use crate::routing::Routes;
-use crate::signature::Verifier;
 use c360_sinks::kafka::{KafkaSetupError, KafkaSink};
 use c360_sinks::rabbitmq::{RabbitSetupError, RabbitSink};
 use c360_sinks::{Readiness, Sink};
@@ -18,7 +18,8 @@ use tokio_util::task::TaskTracker;
 pub struct Webhook {
     pub name: Arc<str>,
     pub path: String,
-    pub verifier: Verifier,
+    /// Its key set in force, renewed from its `keys_file` while running.
+    pub keys: Arc<WebhookKeys>,
     pub max_events: usize,
 }
 
@@ -35,6 +36,8 @@ pub struct App {
     pub answer_deadline: Duration,
     /// When a batch's publishes are abandoned even if nobody waits for them any more.
     pub publish_deadline: Duration,
+    /// How often the webhooks' keys files are looked at.
+    pub keys_poll_interval: Duration,
     /// Publish tasks, awaited on shutdown.
     pub tasks: TaskTracker,
     closing: AtomicBool,
@@ -102,11 +105,14 @@ impl App {
         let webhooks = config
             .webhooks
             .into_iter()
-            .map(|w| Webhook {
-                name: w.name.into(),
-                path: w.path,
-                verifier: Verifier::new(w.keys, w.accept_test_ping),
-                max_events: w.max_events,
+            .map(|w| {
+                let name: Arc<str> = w.name.as_str().into();
+                Webhook {
+                    keys: Arc::new(WebhookKeys::new(name.clone(), &w)),
+                    name,
+                    path: w.path,
+                    max_events: w.max_events,
+                }
             })
             .collect();
         Ok(Self {
@@ -118,9 +124,15 @@ impl App {
             max_body_bytes: config.server.max_body_bytes,
             answer_deadline,
             publish_deadline: config.server.ack_timeout * 2,
+            keys_poll_interval: config.server.keys_poll_interval,
             tasks: TaskTracker::new(),
             closing: AtomicBool::new(false),
         })
+    }
+
+    /// Every webhook's keys, for the reloads.
+    pub fn webhook_keys(&self) -> Vec<Arc<WebhookKeys>> {
+        self.webhooks.iter().map(|w| w.keys.clone()).collect()
     }
 
     /// Readiness of every sink, by name.

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use c360_bridge::config::{self, LogFormat};
-use c360_bridge::{App, dev, routing, sample, signature};
+use c360_bridge::{App, dev, keys, routing, sample, signature};
 use clap::{Parser, Subcommand};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -146,13 +146,20 @@ fn check(file: &Path) -> Result<()> {
             "webhook {} on {} ({} key(s), test ping {})",
             wh.name,
             wh.path,
-            wh.keys.len(),
+            wh.all_keys().count(),
             if wh.accept_test_ping {
                 "accepted"
             } else {
                 "refused"
             }
         );
+        for (origin, n) in keys::sources(wh) {
+            let reload = match origin {
+                keys::Origin::File(_) => "re-read when it changes and on SIGHUP",
+                _ => "fixed until restart",
+            };
+            println!("  keys from {origin}: {n} ({reload})");
+        }
     }
     let webhook = config
         .webhooks

@@ -45,6 +45,9 @@ pub struct ServerConfig {
     pub max_in_flight_batches: usize,
     /// Threads of the async runtime that serves HTTP and drives the sinks; 0 = one per core.
     pub worker_threads: usize,
+    /// How often every `keys_file` is read to see whether it changed (SIGHUP re-reads at once).
+    #[serde(with = "humantime_serde")]
+    pub keys_poll_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +59,7 @@ impl Default for ServerConfig {
             ack_timeout: Duration::from_secs(20),
             max_in_flight_batches: 512,
             worker_threads: 0,
+            keys_poll_interval: Duration::from_secs(1),
         }
     }
 }
@@ -101,16 +105,33 @@ impl Default for LedgerConfig {
 pub struct WebhookConfig {
     pub name: String,
     pub path: String,
+    /// Inline keys.
     #[serde(default)]
     pub keys: Vec<SecretString>,
     /// Name of an environment variable holding keys, comma-separated.
     pub keys_env: Option<String>,
-    /// A file holding keys, one per line.
+    /// A file holding keys, one per line; re-read when it changes and on SIGHUP.
     pub keys_file: Option<PathBuf>,
+    /// The keys `keys_env` gave at load (not a configuration key).
+    #[serde(skip)]
+    pub env_keys: Vec<SecretString>,
+    /// The keys `keys_file` gave at load (not a configuration key).
+    #[serde(skip)]
+    pub file_keys: Vec<SecretString>,
     #[serde(default = "yes")]
     pub accept_test_ping: bool,
     #[serde(default = "default_max_events")]
     pub max_events: usize,
+}
+
+impl WebhookConfig {
+    /// Every key of the webhook: inline, then `keys_env`, then `keys_file` (first = current).
+    pub fn all_keys(&self) -> impl Iterator<Item = &SecretString> {
+        self.keys
+            .iter()
+            .chain(&self.env_keys)
+            .chain(&self.file_keys)
+    }
 }
 
 fn yes() -> bool {
@@ -219,7 +240,7 @@ pub(crate) fn invalid(
     }
 }
 
-/// Adds the keys named by `keys_env` and `keys_file` to each webhook's inline keys.
+/// Reads the keys named by `keys_env` and `keys_file` of each webhook.
 fn resolve_keys(config: &mut Config, file: Option<&Path>) -> Result<(), ConfigError> {
     for (i, wh) in config.webhooks.iter_mut().enumerate() {
         if let Some(var) = &wh.keys_env {
@@ -230,27 +251,14 @@ fn resolve_keys(config: &mut Config, file: Option<&Path>) -> Result<(), ConfigEr
                     format!("variable {var} is not set"),
                 )
             })?;
-            wh.keys.extend(split_keys(&value, ','));
+            wh.env_keys = crate::keys::split(&value, ',');
         }
         if let Some(path) = &wh.keys_file {
-            let value = std::fs::read_to_string(path).map_err(|e| {
-                invalid(
-                    file,
-                    format!("webhooks[{i}].keys_file"),
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            wh.keys.extend(split_keys(&value, '\n'));
+            wh.file_keys = crate::keys::read_file(path)
+                .map_err(|e| invalid(file, format!("webhooks[{i}].keys_file"), e.to_string()))?;
         }
     }
     Ok(())
-}
-
-fn split_keys(s: &str, sep: char) -> impl Iterator<Item = SecretString> + '_ {
-    s.split(sep)
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
-        .map(|k| SecretString::from(k.to_owned()))
 }
 
 fn validate(config: &Config, file: Option<&Path>) -> Result<(), ConfigError> {
@@ -283,6 +291,13 @@ fn validate_server(s: &ServerConfig, file: Option<&Path>) -> Result<(), ConfigEr
     if s.ack_timeout < Duration::from_secs(1) {
         return Err(invalid(file, "server.ack_timeout", "must be at least 1s"));
     }
+    if s.keys_poll_interval < Duration::from_millis(100) {
+        return Err(invalid(
+            file,
+            "server.keys_poll_interval",
+            "must be at least 100ms",
+        ));
+    }
     if s.max_in_flight_batches == 0 {
         return Err(invalid(
             file,
@@ -312,12 +327,11 @@ fn webhook_problem<'a>(
     if !paths.insert(wh.path.as_str()) {
         return Some(("path", "used by two webhooks"));
     }
-    if wh.keys.is_empty() {
+    if wh.all_keys().next().is_none() {
         return Some(("keys", "no key (give keys, keys_env or keys_file)"));
     }
     if wh
-        .keys
-        .iter()
+        .all_keys()
         .any(|k| k.expose_secret() == crate::signature::TEST_KEY)
     {
         return Some((
@@ -352,8 +366,7 @@ mod tests {
             jail.set_env("C360_TEST_KEYS_UNIT", "env-1, env-2");
             let config = load(Some(&cfg)).map_err(|e| e.to_string())?;
             let got: Vec<&str> = config.webhooks[0]
-                .keys
-                .iter()
+                .all_keys()
                 .map(|k| k.expose_secret())
                 .collect();
             assert_eq!(

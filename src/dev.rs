@@ -33,6 +33,8 @@ pub fn demo_config(listen: &str, bootstrap: &str, key: &str) -> Config {
             keys: vec![SecretString::from(key.to_owned())],
             keys_env: None,
             keys_file: None,
+            env_keys: Vec::new(),
+            file_keys: Vec::new(),
             accept_test_ping: true,
             max_events: 100,
         }],

@@ -66,7 +66,8 @@ async fn ingest(
         .map_err(|_| Rejection::TooLarge(app.max_body_bytes))?;
     let signature = headers.get(HEADER).map(|v| v.as_bytes());
     let verdict = webhook
-        .verifier
+        .keys
+        .verifier()
         .verify(signature, &body)
         .inspect_err(|e| m::signature_failure(&webhook.name, e.code()))?;
     let events = envelope::split(&body, webhook.max_events)?;

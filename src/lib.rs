@@ -9,6 +9,7 @@ pub mod envelope;
 pub mod event_id;
 pub mod http;
 pub mod ingest;
+pub mod keys;
 pub mod ledger;
 pub mod metrics;
 pub mod routing;
@@ -33,6 +34,7 @@ pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
 
 /// Serves `app` on `listener` (and the admin endpoints on `admin` if given) until `shutdown`
 /// resolves; then refuses new batches, lets in-flight ones finish or fail, and closes the sinks.
+/// Meanwhile the webhooks' keys files are re-read when they change and on SIGHUP.
 pub async fn serve(
     app: Arc<App>,
     listener: TcpListener,
@@ -48,6 +50,11 @@ pub async fn serve(
         flag.begin_shutdown();
         trigger.cancel();
     });
+    tokio::spawn(keys::watch(
+        app.webhook_keys(),
+        app.keys_poll_interval,
+        stop.clone(),
+    ));
     let main = axum::serve(listener, http::router(app.clone(), admin.is_none()))
         .with_graceful_shutdown(stop.clone().cancelled_owned());
     match admin {

@@ -67,6 +67,12 @@ pub fn unrouted(event_class: &str) {
     counter!("c360_events_unrouted_total", "event_class" => event_class.to_owned()).increment(1);
 }
 
+/// A re-read of a webhook's keys file: `ok`, `unchanged`, `error`, `empty` or `invalid`.
+pub fn key_reload(webhook: &str, result: &'static str) {
+    counter!("c360_key_reloads_total", "webhook" => webhook.to_owned(), "result" => result)
+        .increment(1);
+}
+
 pub fn sink_ready(sink: &str, ready: bool) {
     gauge!("c360_sink_ready", "sink" => sink.to_owned()).set(if ready { 1.0 } else { 0.0 });
 }

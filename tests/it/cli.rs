@@ -3,53 +3,10 @@
 
 use crate::harness::*;
 use crate::tansu::Tansu;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-
-const BIN: &str = env!("CARGO_BIN_EXE_c360-bridge");
-
-fn run(args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary runs");
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input)
-            .expect("write stdin");
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().expect("binary ends");
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (
-        out.status.code().unwrap_or(-1),
-        text(&out.stdout),
-        text(&out.stderr),
-    )
-}
-
-fn write_config(text: &str) -> (tempfile::TempDir, String) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("bridge.toml");
-    std::fs::write(&path, text).expect("write");
-    let p = path.display().to_string();
-    (dir, p)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
-}
 
 const GOOD: &str = r#"
 [[webhooks]]
@@ -113,6 +70,10 @@ fn check_names_the_file_and_key_of_each_mistake() {
         (
             format!("[server]\nack_timeout = \"soon\"\n{GOOD}"),
             "ack_timeout",
+        ),
+        (
+            format!("[server]\nkeys_poll_interval = \"10ms\"\n{GOOD}"),
+            "server.keys_poll_interval",
         ),
         (
             GOOD.replace("match = \"*\"", "match = \"task_*\""),

@@ -664,3 +664,154 @@ pub fn conservation(scenario: &str, sent: &[Sent], consumed: &[Vec<u8>]) -> Tall
     );
     t
 }
+
+// ---------------------------------------------------------------- the built binary
+
+/// The `c360-bridge` binary cargo built for this test run.
+pub const BIN: &str = env!("CARGO_BIN_EXE_c360-bridge");
+
+/// Runs the binary with `args` (and `stdin`) to its end: exit code, stdout, stderr.
+pub fn run(args: &[&str], stdin: Option<&[u8]>) -> (i32, String, String) {
+    run_with_env(args, stdin, &[])
+}
+
+/// `run` with extra environment variables for the child.
+pub fn run_with_env(
+    args: &[&str],
+    stdin: Option<&[u8]>,
+    env: &[(&str, &str)],
+) -> (i32, String, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("write stdin");
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().expect("binary ends");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (
+        out.status.code().unwrap_or(-1),
+        text(&out.stdout),
+        text(&out.stderr),
+    )
+}
+
+/// Writes a configuration file into a new temp dir; returns the dir (keep it) and the path.
+pub fn write_config(text: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bridge.toml");
+    std::fs::write(&path, text).expect("write");
+    let p = path.display().to_string();
+    (dir, p)
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
+}
+
+/// `c360-bridge serve` in a process of its own, as an operator runs it, with its stdout and
+/// stderr captured in one log file. Killed when dropped.
+pub struct Served {
+    pub base: String,
+    child: std::process::Child,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Served {
+    /// Serves `config` on a free port (plus `env` for the child); waits until /readyz is 200.
+    pub async fn start(config: &str, env: &[(&str, &str)]) -> Served {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("bridge.log");
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let port = free_port();
+        let child = std::process::Command::new(BIN)
+            .args(["serve", "--config", config])
+            .env("C360_BRIDGE_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .envs(env.iter().copied())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("serve starts");
+        let served = Served {
+            base: format!("http://127.0.0.1:{port}"),
+            child,
+            log,
+            _dir: dir,
+        };
+        wait_ready_at(&served.base, Duration::from_secs(20)).await;
+        served
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends the signal `name` (`HUP`, `TERM`, ...) to the process.
+    pub fn signal(&self, name: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "kill -{name} {}", self.child.id());
+    }
+
+    /// Everything the process wrote so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).expect("bridge log")
+    }
+
+    /// The process's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    /// Stops it with SIGTERM, requires exit 0 within 30 s, and returns its whole log.
+    pub async fn stop(mut self) -> String {
+        self.signal("TERM");
+        let until = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break s;
+            }
+            assert!(Instant::now() < until, "serve did not stop after SIGTERM");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let log = self.log();
+        assert!(
+            status.success(),
+            "serve exits 0 after SIGTERM: {status:?}\n{log}"
+        );
+        log
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -7,6 +7,7 @@ mod faults;
 mod harness;
 mod healing;
 mod kafka;
+mod keys;
 mod partition;
 mod rabbit;
 mod tansu;
