@@ -280,12 +280,29 @@ async fn retire(link: Arc<Link>) {
     let _ = tokio::time::timeout(RETIRE_TIMEOUT, closing).await;
 }
 
-/// Opens a connection and its confirm-mode channels, and declares the exchange (passively
-/// when the bridge does not own it, so a missing exchange keeps the sink not ready).
+/// Opens a connection and its confirm-mode channels; a connection whose setup failed is closed
+/// again rather than left open on the broker.
 async fn connect(shared: &Shared) -> Result<Arc<Link>, lapin::Error> {
     let props = ConnectionProperties::default()
         .with_connection_name(format!("c360-bridge/{}", shared.name).into());
     let conn = Connection::connect_uri(shared.uri.clone(), props).await?;
+    match open_channels(shared, &conn).await {
+        Ok(channels) => Ok(Arc::new(Link {
+            conn,
+            channels,
+            next: AtomicUsize::new(0),
+        })),
+        Err(e) => {
+            let close = conn.close(200, "c360-bridge: setup failed".into());
+            let _ = tokio::time::timeout(CONNECT_TIMEOUT, close).await;
+            Err(e)
+        }
+    }
+}
+
+/// The confirm-mode channels, after declaring the exchange (passively when the bridge does not
+/// own it, so a missing exchange keeps the sink not ready).
+async fn open_channels(shared: &Shared, conn: &Connection) -> Result<Vec<Channel>, lapin::Error> {
     let mut channels = Vec::with_capacity(shared.cfg.channels);
     for _ in 0..shared.cfg.channels {
         let ch = conn.create_channel().await?;
@@ -305,11 +322,7 @@ async fn connect(shared: &Shared) -> Result<Arc<Link>, lapin::Error> {
             FieldTable::default(),
         )
         .await?;
-    Ok(Arc::new(Link {
-        conn,
-        channels,
-        next: AtomicUsize::new(0),
-    }))
+    Ok(channels)
 }
 
 fn properties(msg: &Message) -> BasicProperties {

@@ -253,6 +253,8 @@ async fn confirms_of_one_sink_are_kept_when_another_sink_never_answers() {
     cluster
         .broker_round_trip_time(1, Duration::ZERO)
         .expect("rtt");
+    // The slow round trips also failed the metadata probe: resend once the sink is ready again.
+    bridge.wait_ready(Duration::from_secs(10)).await;
     let r = post(&bridge.url("/hook"), &body, Some(KEY)).await;
     assert_eq!(r.status, 200, "{:?}", r.json);
     let got = queue.drain().await;

@@ -124,14 +124,22 @@ pub struct Bridge {
 impl Bridge {
     /// Starts a bridge from a TOML configuration (written to a temp file, loaded like `serve`).
     pub async fn start(toml: &str) -> Bridge {
+        let bridge = Self::start_unready(toml).await;
+        bridge.wait_ready(Duration::from_secs(20)).await;
+        bridge
+    }
+
+    /// Like `start`, without waiting until the sinks are ready.
+    pub async fn start_unready(toml: &str) -> Bridge {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("bridge.toml");
         std::fs::write(&path, toml).expect("write config");
         let config = config::load(Some(&path)).expect("test config loads");
-        Self::from_app(App::build(config, Some(&path)).expect("app builds")).await
+        Self::spawn(App::build(config, Some(&path)).expect("app builds")).await
     }
 
-    pub async fn from_app(app: App) -> Bridge {
+    /// Serves `app` on an ephemeral port.
+    async fn spawn(app: App) -> Bridge {
         let app = Arc::new(app);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -141,15 +149,13 @@ impl Bridge {
         let task = tokio::spawn(c360_bridge::serve(app.clone(), listener, None, async {
             let _ = rx.await;
         }));
-        let bridge = Bridge {
+        Bridge {
             addr,
             idle_permits: app.in_flight.available_permits(),
             app,
             stop: Some(tx),
             task: Some(task),
-        };
-        bridge.wait_ready(Duration::from_secs(20)).await;
-        bridge
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use supervisor::Supervisor;
 
 /// `[sinks.NAME] type = "kafka"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -46,7 +45,7 @@ pub enum KafkaSetupError {
 /// Publishes to Kafka; `publish` resolves with the delivery report of the message.
 pub struct KafkaSink {
     shared: Arc<Shared>,
-    supervisor: Mutex<Option<Supervisor>>,
+    supervisor: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// What the sink and its supervisor thread share.
@@ -104,9 +103,9 @@ impl KafkaSink {
 
     /// Tells the supervisor thread to end; the thread is returned for joining.
     fn stop_supervisor(&self) -> Option<JoinHandle<()>> {
-        let s = self.supervisor.lock().ok()?.take()?;
-        let _ = s.wake.send(Wake::Stop);
-        Some(s.thread)
+        let thread = self.supervisor.lock().ok()?.take()?;
+        let _ = self.shared.wake.send(Wake::Stop);
+        Some(thread)
     }
 
     /// Blocks (up to `timeout`) until the cluster has answered a metadata request.

@@ -21,21 +21,14 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// The running thread and the sender that stops it.
-pub(super) struct Supervisor {
-    pub(super) wake: mpsc::Sender<Wake>,
-    pub(super) thread: JoinHandle<()>,
-}
-
-/// Starts the thread; `None` (logged) if the OS refuses a thread.
-pub(super) fn spawn(shared: Arc<Shared>, wakes: mpsc::Receiver<Wake>) -> Option<Supervisor> {
-    let wake = shared.wake.clone();
+/// Starts the thread (stopped by `Wake::Stop`); `None` (logged) if the OS refuses a thread.
+pub(super) fn spawn(shared: Arc<Shared>, wakes: mpsc::Receiver<Wake>) -> Option<JoinHandle<()>> {
     let name = format!("kafka-supervisor-{}", shared.name);
     let spawned = std::thread::Builder::new()
         .name(name)
         .spawn(move || run(&shared, &wakes));
     match spawned {
-        Ok(thread) => Some(Supervisor { wake, thread }),
+        Ok(thread) => Some(thread),
         Err(e) => {
             tracing::error!(error = %e, "could not start the Kafka supervisor thread");
             None
