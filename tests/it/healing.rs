@@ -427,3 +427,47 @@ async fn a_missing_exchange_the_bridge_does_not_own_keeps_it_not_ready_until_it_
     let t = conservation("exchange not owned, missing, then created", &sent, &got);
     heal_row("exchange not owned, missing, then created", took, &t);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exchange_of_another_type_keeps_it_not_ready_until_it_is_fixed() {
+    let _shared = SHARED_BROKERS.read().await;
+    let exchange = unique("x");
+    let (_conn, ch) = amqp_channel().await;
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    let direct = lapin::ExchangeKind::Direct;
+    ch.exchange_declare(
+        exchange.as_str().into(),
+        direct,
+        durable,
+        FieldTable::default(),
+    )
+    .await
+    .expect("a direct exchange");
+    let bridge =
+        Bridge::start_unready(&rabbit_toml("rabbit_wrong_type", RABBIT_URL, &exchange)).await;
+    // The bridge's declare (topic) is refused: PRECONDITION_FAILED, inequivalent type.
+    wait_not_ready_detail(&bridge, "PRECONDITION_FAILED").await;
+    let events = fresh(2);
+    let mut sent = vec![refused_in_time(&bridge, &events, Duration::from_secs(3)).await];
+    ch.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+        .await
+        .expect("delete exchange");
+    let fixed = Instant::now();
+    // The bridge declares its own exchange on the next attempt; the operator binds a queue.
+    wait_exchange(&exchange, Duration::from_secs(10)).await;
+    let queue = Queue::bind(&exchange, &["#"], FieldTable::default()).await;
+    bridge.wait_ready(Duration::from_secs(10)).await;
+    let (again, _) = resend_until_ok(&bridge, &events, Duration::from_secs(5)).await;
+    let took = fixed.elapsed();
+    sent.extend(again);
+    let got: Vec<Vec<u8>> = queue.drain().await.into_iter().map(|m| m.body).collect();
+    let t = conservation("exchange of another type, then deleted", &sent, &got);
+    heal_row(
+        "exchange of another type (PRECONDITION_FAILED), then deleted",
+        took,
+        &t,
+    );
+}
