@@ -2,6 +2,7 @@
 
 use crate::answer::{Answer, Rejection};
 use crate::app::{App, Webhook};
+use crate::cloudevents;
 use crate::config::Unrouted;
 use crate::envelope::{self, EnvelopeError, Event};
 use crate::event_id::{EventId, event_ids};
@@ -13,7 +14,7 @@ use bytes::Bytes;
 use c360_sinks::{EventMeta, Message, SinkError};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 /// One message for one sink, with its ledger key.
@@ -32,8 +33,9 @@ pub async fn receive(
     rid: String,
 ) -> Answer {
     let started = Instant::now();
+    let received = SystemTime::now();
     let webhook = &app.webhooks[wh];
-    let answer = match ingest(&app, webhook, &headers, body, started).await {
+    let answer = match ingest(&app, webhook, &headers, body, (started, received)).await {
         Ok(n) => Answer::Accepted(n),
         Err(r) => Answer::Rejected(r),
     };
@@ -47,7 +49,7 @@ async fn ingest(
     webhook: &Webhook,
     headers: &http::HeaderMap,
     body: axum::body::Body,
-    started: Instant,
+    (started, received): (Instant, SystemTime),
 ) -> Result<usize, Rejection> {
     if app.is_closing() {
         return Err(Rejection::ShuttingDown);
@@ -78,7 +80,7 @@ async fn ingest(
             Err(Rejection::TestKeyWithEvents)
         };
     }
-    let jobs = plan(app, webhook, &body, &events)?;
+    let jobs = plan(app, webhook, &body, &events, received)?;
     publish(app, jobs, permit, deadline).await?;
     Ok(events.len())
 }
@@ -90,8 +92,10 @@ fn plan(
     webhook: &Webhook,
     body: &Bytes,
     events: &[Event],
+    received: SystemTime,
 ) -> Result<Vec<Job>, Rejection> {
     let ids = event_ids(&webhook.name, events);
+    let ce = cloudevents::Batch::new(webhook.ce_source.clone(), received);
     let mut jobs = Vec::with_capacity(events.len());
     for (index, (event, id)) in events.iter().zip(ids).enumerate() {
         let Some(route) = app.routes.lookup(&event.event_class) else {
@@ -108,6 +112,7 @@ fn plan(
             event_class: event.event_class.clone(),
             payload_class: event.payload_class.clone(),
             webhook: webhook.name.clone(),
+            cloudevent: Some(ce.event(&event.event_class)),
         });
         let raw = body.slice_ref(event.raw.get().as_bytes());
         for t in &route.targets {

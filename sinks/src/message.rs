@@ -1,5 +1,6 @@
 //! `Message`: one event on its way to one broker destination, body bytes untouched.
 
+use crate::cloudevents::CloudEvent;
 use bytes::Bytes;
 use std::sync::Arc;
 
@@ -14,6 +15,8 @@ pub struct EventMeta {
     pub payload_class: Option<String>,
     /// `c360-webhook`: the name of the webhook that received the event.
     pub webhook: Arc<str>,
+    /// The CloudEvents attributes (SPEC §8); `None` leaves the `ce` headers out.
+    pub cloudevent: Option<CloudEvent>,
 }
 
 impl EventMeta {
