@@ -3,6 +3,7 @@
 
 pub mod answer;
 pub mod app;
+pub mod asyncapi;
 pub mod cloudevents;
 pub mod config;
 pub mod dev;
