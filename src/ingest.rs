@@ -33,9 +33,8 @@ pub async fn receive(
     rid: String,
 ) -> Answer {
     let started = Instant::now();
-    let received = SystemTime::now();
     let webhook = &app.webhooks[wh];
-    let answer = match ingest(&app, webhook, &headers, body, (started, received)).await {
+    let answer = match ingest(&app, webhook, &headers, body, started).await {
         Ok(n) => Answer::Accepted(n),
         Err(r) => Answer::Rejected(r),
     };
@@ -49,7 +48,7 @@ async fn ingest(
     webhook: &Webhook,
     headers: &http::HeaderMap,
     body: axum::body::Body,
-    (started, received): (Instant, SystemTime),
+    started: Instant,
 ) -> Result<usize, Rejection> {
     if app.is_closing() {
         return Err(Rejection::ShuttingDown);
@@ -80,7 +79,7 @@ async fn ingest(
             Err(Rejection::TestKeyWithEvents)
         };
     }
-    let jobs = plan(app, webhook, &body, &events, received)?;
+    let jobs = plan(app, webhook, &body, &events)?;
     publish(app, jobs, permit, deadline).await?;
     Ok(events.len())
 }
@@ -92,10 +91,10 @@ fn plan(
     webhook: &Webhook,
     body: &Bytes,
     events: &[Event],
-    received: SystemTime,
 ) -> Result<Vec<Job>, Rejection> {
     let ids = event_ids(&webhook.name, events);
-    let ce = cloudevents::Batch::new(webhook.ce_source.clone(), received);
+    // Received: the whole batch is read and verified. Shared by its events, built once.
+    let ce = cloudevents::Batch::new(webhook.ce_source.clone(), SystemTime::now());
     let mut jobs = Vec::with_capacity(events.len());
     for (index, (event, id)) in events.iter().zip(ids).enumerate() {
         let Some(route) = app.routes.lookup(&event.event_class) else {
