@@ -47,5 +47,31 @@ pub struct Message {
     pub meta: Arc<EventMeta>,
 }
 
+#[cfg(test)]
+impl Message {
+    /// A message of class `task_created` with key `k1` and every CloudEvents attribute.
+    pub(crate) fn sample() -> Self {
+        use crate::cloudevents::BatchAttributes;
+        Message {
+            destination: "t".into(),
+            key: Some(Bytes::from_static(b"k1")),
+            body: Bytes::from_static(b"{}"),
+            meta: Arc::new(EventMeta {
+                id: "abc".into(),
+                event_class: "task_created".into(),
+                payload_class: Some("task".into()),
+                webhook: "w".into(),
+                cloudevent: Some(CloudEvent {
+                    ty: "com.catalog360.task_created".into(),
+                    batch: Arc::new(BatchAttributes {
+                        source: "/catalog360/w".into(),
+                        time: "2026-11-29T17:00:00Z".into(),
+                    }),
+                }),
+            }),
+        }
+    }
+}
+
 /// The MIME type of every message body.
 pub const CONTENT_TYPE: &str = "application/json";

@@ -421,6 +421,25 @@ mod tests {
     }
 
     #[test]
+    fn cloudevents_headers_follow_the_sink_setting() {
+        let msg = Message::sample();
+        let names = |p: BasicProperties| -> Vec<String> {
+            p.headers()
+                .as_ref()
+                .map(|t| t.inner().keys().map(|k| k.to_string()).collect())
+                .unwrap_or_default()
+        };
+        let on = names(properties(&msg, true));
+        assert_eq!(on.len(), 10, "{on:?}");
+        assert!(on.contains(&"ce-id".to_owned()) && on.contains(&"ce-subject".to_owned()));
+        assert!(
+            names(properties(&msg, false))
+                .iter()
+                .all(|h| h.starts_with("c360-"))
+        );
+    }
+
+    #[test]
     fn a_url_without_heartbeat_gets_the_bridges_so_partitions_are_noticed() {
         let uri = cfg("amqp://guest:guest@127.0.0.1:5672/%2f")
             .uri()

@@ -384,6 +384,27 @@ mod tests {
     }
 
     #[test]
+    fn cloudevents_headers_follow_the_sink_setting() {
+        use rdkafka::message::Headers;
+        let msg = Message::sample();
+        let names = |h: &OwnedHeaders| h.iter().map(|h| h.key.to_owned()).collect::<Vec<_>>();
+        let on = names(&headers(&msg, true));
+        assert_eq!(on.len(), 11, "{on:?}");
+        assert!(on.contains(&"ce_subject".to_owned()) && on.contains(&"content-type".to_owned()));
+        let off = names(&headers(&msg, false));
+        assert_eq!(
+            off,
+            [
+                "c360-event-id",
+                "c360-event-class",
+                "c360-payload-class",
+                "c360-webhook",
+                "content-type"
+            ]
+        );
+    }
+
+    #[test]
     fn the_stall_rule_uses_the_message_timeout_librdkafka_applies() {
         assert_eq!(
             configured_timeout(&config(&[])),
