@@ -291,6 +291,10 @@ impl Context {
             "contentType": c360_sinks::CONTENT_TYPE,
             "headers": schemas::headers(binding, cloudevents, &self.webhooks, &self.sources),
             "payload": {"$ref": "#/components/schemas/Event"},
+            "correlationId": {
+                "description": "The event id: the same when catalog360 resends the batch; dedupe on it.",
+                "location": "$message.header#/c360-event-id",
+            },
         });
         msg["bindings"] = match binding {
             Binding::Kafka => json!({"kafka": kafka_key(&d.keys)}),
