@@ -44,7 +44,7 @@ pub fn document(config: &Config, routes: &Routes) -> Value {
     let mut channels = Map::new();
     let mut operations = Map::new();
     for (id, d) in ids(destinations(config, routes)) {
-        operations.insert(format!("receive_{id}"), operation(&id, d.sink));
+        operations.insert(format!("receive_{id}"), operation(&id, &d));
         channels.insert(id, ctx.channel(&d));
     }
     json!({
@@ -191,16 +191,22 @@ fn amqp_server(name: &str, url: &str) -> Value {
     }
 }
 
-fn operation(channel: &str, sink: &SinkConfig) -> Value {
+/// A `receive` operation on `channel`; for RabbitMQ the routing key template (`cc`) and how
+/// the messages were published as the AMQP binding.
+fn operation(channel: &str, d: &Destination) -> Value {
     let mut op = json!({
         "action": "receive",
         "channel": {"$ref": format!("#/channels/{channel}")},
         "summary": "Consume the events published here.",
         "messages": [{"$ref": format!("#/channels/{channel}/messages/event")}],
     });
-    if matches!(sink, SinkConfig::Rabbitmq(_)) {
-        op["bindings"] =
-            json!({"amqp": {"deliveryMode": 2, "mandatory": true, "bindingVersion": "0.3.0"}});
+    if matches!(d.sink, SinkConfig::Rabbitmq(_)) {
+        op["bindings"] = json!({"amqp": {
+            "cc": [d.target.topic.text],
+            "deliveryMode": 2,
+            "mandatory": true,
+            "bindingVersion": "0.3.0",
+        }});
     }
     op
 }

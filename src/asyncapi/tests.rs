@@ -62,6 +62,9 @@ fn one_channel_per_sink_and_template_with_the_classes_that_reach_it() {
     assert_eq!(report["bindings"]["amqp"]["exchange"]["name"], "events");
     assert_eq!(report["bindings"]["amqp"]["exchange"]["vhost"], "prod");
     assert_eq!(d["operations"].as_object().unwrap().len(), 3);
+    let receive = &d["operations"]["receive_rabbit__event_class_"];
+    assert_eq!(receive["action"], "receive");
+    assert_eq!(receive["bindings"]["amqp"]["cc"], json!(["{event_class}"]));
 }
 
 #[test]
