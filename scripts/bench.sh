@@ -3,10 +3,13 @@
 # Kafka (tansu), Kafka (librdkafka mock cluster, via `c360-bridge dev`) and RabbitMQ.
 # For each: ROUNDS alternating runs of the bridge and of the direct producer at full load (the
 # table shows the median run of each), then the bridge at half of its median rate (p99 there),
-# and the peak RSS of the bridge; then 1-event batches on tansu (requests/s).
+# and the peak RSS of the bridge; then 1-event batches on tansu (requests/s). On tansu and
+# RabbitMQ every round also runs the bridge with `cloudevents = false` on its sink, so the cost
+# of the CloudEvents headers (on by default) comes from the same invocation.
 # Knobs: DURATION (10s), ROUNDS (3), CONCURRENCY (8), BATCH (100), EVENT_SIZE (1024),
-# WORKERS (1: the async runtime threads of the bridge and, to compare like with like, of the
-# direct producer; 0 = one per core). The HTTP load generator keeps one thread per core.
+# C360_KAFKA_PORT (9092: tansu's port, as in scripts/brokers.sh), WORKERS (1: the async runtime
+# threads of the bridge and, to compare like with like, of the direct producer; 0 = one per
+# core). The HTTP load generator keeps one thread per core.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-10s}"; ROUNDS="${ROUNDS:-3}"; WORKERS="${WORKERS:-1}"
@@ -17,7 +20,7 @@ brokers_env=$(scripts/brokers.sh start)
 eval "$brokers_env"
 cargo build --release --locked --bins >&2
 BIN=target/release/c360-bridge; LG=target/release/c360-loadgen; DIRECT="$LG --worker-threads $WORKERS"
-KEY=bench-key; PORT=18181
+KEY=bench-key; PORT=18181; KAFKA="127.0.0.1:${C360_KAFKA_PORT:-9092}"
 PID=""; trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null || true' EXIT # no bridge outlives a failure
 # Results of earlier invocations (other ROUNDS, older binaries) must not enter this table.
 rm -f "$OUT"/*.json "$OUT"/*-rss
@@ -66,11 +69,13 @@ stop() {
 }
 hook() { echo --url "http://127.0.0.1:$PORT/hook" --key "$KEY"; }
 
-TANSU_SINK='[sinks.s]
-type = "kafka"
-bootstrap_servers = "127.0.0.1:9092"
-[sinks.s.librdkafka]
-"compression.type" = "none"'
+# The tansu sink, with `cloudevents = false` (NO_CE) or without (the headers are on by default).
+NO_CE='
+cloudevents = false'
+tansu_sink() {
+  printf '[sinks.s]\ntype = "kafka"\nbootstrap_servers = "%s"%s\n[sinks.s.librdkafka]\n"compression.type" = "none"\n' "$KAFKA" "${1:-}"
+}
+TANSU_SINK=$(tansu_sink)
 
 # Kafka on tansu: every run gets an empty tansu (its memory storage keeps all it was sent, and
 # slows down as it grows) and, for the bridge, a fresh bridge process.
@@ -80,30 +85,38 @@ for r in $(seq 1 "$ROUNDS"); do
   fresh_tansu; serve kafka-tansu "$TANSU_SINK"
   $LG http $(hook) $(load) >"$OUT/kafka-tansu-http-$r.json"
   stop kafka-tansu
-  fresh_tansu; $DIRECT direct-kafka --bootstrap 127.0.0.1:9092 --prefix catalog360 $(load) >"$OUT/kafka-tansu-direct-$r.json"
+  fresh_tansu; serve kafka-tansu-noce "$(tansu_sink "$NO_CE")"
+  $LG http $(hook) $(load) >"$OUT/kafka-tansu-noce-http-$r.json"
+  stop kafka-tansu-noce
+  fresh_tansu; $DIRECT direct-kafka --bootstrap "$KAFKA" --prefix catalog360 $(load) >"$OUT/kafka-tansu-direct-$r.json"
 done
-median kafka-tansu http; median kafka-tansu direct
+median kafka-tansu http; median kafka-tansu direct; median kafka-tansu-noce http
 fresh_tansu; serve kafka-tansu "$TANSU_SINK"
 $LG http $(hook) $(load) --rate "$(half_rate kafka-tansu)" >"$OUT/kafka-tansu-half.json"
 stop kafka-tansu
 fresh_tansu; serve one-event "$TANSU_SINK"
 $LG http $(hook) $(load 1) >"$OUT/one-event-http.json"
 stop one-event
-fresh_tansu; $DIRECT direct-kafka --bootstrap 127.0.0.1:9092 --prefix catalog360 $(load 1) >"$OUT/one-event-direct.json"
+fresh_tansu; $DIRECT direct-kafka --bootstrap "$KAFKA" --prefix catalog360 $(load 1) >"$OUT/one-event-direct.json"
 fresh_tansu
 
 # RabbitMQ (a bounded queue bound with # makes the messages routable; emptied before each run,
 # because how full it is changes how fast RabbitMQ takes more).
 purge() { rabbitmqctl -q purge_queue c360-bench >/dev/null 2>&1 || true; }
-serve rabbitmq '[sinks.s]
+RABBIT_SINK='[sinks.s]
 type = "rabbitmq"
 url = "amqp://guest:guest@127.0.0.1:5672/%2f"
 exchange = "bench"'
 for r in $(seq 1 "$ROUNDS"); do
   purge; $DIRECT direct-rabbit --exchange bench --bind-queue c360-bench $(load) >"$OUT/rabbitmq-direct-$r.json"
+  serve rabbitmq-noce "$RABBIT_SINK$NO_CE"
+  purge; $LG http $(hook) $(load) >"$OUT/rabbitmq-noce-http-$r.json"
+  stop rabbitmq-noce
+  serve rabbitmq "$RABBIT_SINK"
   purge; $LG http $(hook) $(load) >"$OUT/rabbitmq-http-$r.json"
+  [ "$r" = "$ROUNDS" ] || stop rabbitmq
 done
-median rabbitmq http; median rabbitmq direct
+median rabbitmq http; median rabbitmq direct; median rabbitmq-noce http
 purge; $LG http $(hook) $(load) --rate "$(half_rate rabbitmq)" >"$OUT/rabbitmq-half.json"
 stop rabbitmq
 
@@ -143,3 +156,13 @@ done
 printf '\n\n1-event batches on tansu: bridge %.0f requests/s (p99 %s ms), direct %.0f batches/s (p99 %s ms)\n' \
   "$(get "$OUT/one-event-http.json" "d['batches_per_s']")" "$(get "$OUT/one-event-http.json" "d['latency_ms']['p99']")" \
   "$(get "$OUT/one-event-direct.json" "d['batches_per_s']")" "$(get "$OUT/one-event-direct.json" "d['latency_ms']['p99']")"
+printf '\nCloudEvents headers (on by default) against a sink with cloudevents = false, same invocation:\n\n'
+printf '| broker, %s-event batches | bridge events/s, CloudEvents on | bridge events/s, cloudevents = false | on/off | all rounds on | all rounds off |\n|---|---|---|---|---|---|\n' "$BATCH"
+for b in kafka-tansu rabbitmq; do
+  on="$OUT/$b-http.json"; off="$OUT/$b-noce-http.json"
+  printf '| %s | %.0f | %.0f | %.3f | %s | %s |\n' "$b" \
+    "$(get "$on" "d['events_per_s']")" "$(get "$off" "d['events_per_s']")" \
+    "$(python3 -c "import json; a=json.load(open('$on')); b=json.load(open('$off')); print(a['events_per_s']/max(b['events_per_s'],1))")" \
+    "$(python3 -c "import glob, json; print(' '.join('%.0f' % json.load(open(p))['events_per_s'] for p in sorted(glob.glob('$OUT/$b-http-[0-9]*.json'))))")" \
+    "$(python3 -c "import glob, json; print(' '.join('%.0f' % json.load(open(p))['events_per_s'] for p in sorted(glob.glob('$OUT/$b-noce-http-[0-9]*.json'))))")"
+done

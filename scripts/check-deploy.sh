@@ -6,7 +6,9 @@
 #                            dockerfile-parse (PyPI): multi-stage, non-root USER, HEALTHCHECK,
 #                            ENTRYPOINT, EXPOSE 8080, COPY sources that exist; .dockerignore;
 #   3. config/*.toml       — `cargo run -q -- check --config FILE` for every file, with each
-#                            variable named by a `keys_env` set to a dummy value.
+#                            variable named by a `keys_env` set to a dummy value;
+#   4. AsyncAPI            — scripts/asyncapi-check.sh: `asyncapi` of every config/*.toml parsed
+#                            by npm @asyncapi/parser, no diagnostic of severity error.
 # Every check runs; the script exits non-zero if any failed.
 # Usage: scripts/check-deploy.sh        (from anywhere; tools are cached under $C360_CACHE)
 set -euo pipefail
@@ -173,6 +175,17 @@ else
       fail "$file: c360-bridge check"
     fi
   done
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 4. AsyncAPI documents of config/*.toml
+# ---------------------------------------------------------------------------------------------
+if out=$(scripts/asyncapi-check.sh 2>&1); then
+  printf '%s\n' "$out" | grep -E ': (valid|INVALID) ' || true
+  ok "config/*.toml: c360-bridge asyncapi parses with @asyncapi/parser (YAML and JSON)"
+else
+  printf '%s\n' "$out"
+  fail "config/*.toml: c360-bridge asyncapi does not parse with @asyncapi/parser"
 fi
 
 echo "check-deploy: $passed passed, $failed failed"

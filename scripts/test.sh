@@ -9,8 +9,11 @@ if ! command -v nft >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables >&2 ||
     { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables >&2; }
 fi
+# The consumers' tools: the CloudEvents SDK venv (tests/it/consumers.rs) and @asyncapi/parser.
+tools_env=$(scripts/consumer-tools.sh)
+eval "$tools_env"
 # A separate assignment, so that `set -e` stops here when a broker cannot start.
 brokers_env=$(scripts/brokers.sh start)
 eval "$brokers_env"
-export C360_TANSU_BIN
+export C360_TANSU_BIN C360_CONSUMER_PYTHON C360_ASYNCAPI_NODE_MODULES
 cargo test --workspace --locked "$@"

@@ -21,6 +21,8 @@ pub struct Webhook {
     /// Its key set in force, renewed from its `keys_file` while running.
     pub keys: Arc<WebhookKeys>,
     pub max_events: usize,
+    /// CloudEvents `source` of its events.
+    pub ce_source: Arc<str>,
 }
 
 /// The shared state of one bridge process.
@@ -107,7 +109,12 @@ impl App {
             .into_iter()
             .map(|w| {
                 let name: Arc<str> = w.name.as_str().into();
+                let source = w
+                    .source
+                    .clone()
+                    .unwrap_or_else(|| crate::cloudevents::default_source(&w.name));
                 Webhook {
+                    ce_source: source.into(),
                     keys: Arc::new(WebhookKeys::new(name.clone(), &w)),
                     name,
                     path: w.path,

@@ -1,8 +1,8 @@
-//! Argument parsing and the five subcommands; anyhow lives here, at the edge.
+//! Argument parsing and the six subcommands; anyhow lives here, at the edge.
 
 use anyhow::{Context, Result, bail};
 use c360_bridge::config::{self, LogFormat};
-use c360_bridge::{App, dev, keys, routing, sample, signature};
+use c360_bridge::{App, asyncapi, dev, keys, routing, sample, signature};
 use clap::{Parser, Subcommand};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -35,6 +35,14 @@ enum Command {
         #[arg(long, env = "C360_BRIDGE_CONFIG")]
         config: PathBuf,
     },
+    /// Print an AsyncAPI 3.0 document of the topics and queues a configuration publishes to.
+    Asyncapi {
+        #[arg(long, env = "C360_BRIDGE_CONFIG")]
+        config: PathBuf,
+        /// yaml (default) or json.
+        #[arg(long, value_enum, default_value_t)]
+        format: asyncapi::Format,
+    },
     /// Print the X-C360-Signature value of FILE (or stdin).
     Sign {
         #[arg(long)]
@@ -65,6 +73,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve(&config, cli.log_format),
         Command::Check { config } => check(&config),
+        Command::Asyncapi { config, format } => print_asyncapi(&config, format),
         Command::Sign { key, file } => {
             read_input(file.as_deref()).map(|b| println!("{}", signature::sign(key.as_bytes(), &b)))
         }
@@ -181,6 +190,13 @@ fn check(file: &Path) -> Result<()> {
             None => println!("{class:<24} (dropped: no route, unrouted = \"drop\")"),
         }
     }
+    Ok(())
+}
+
+fn print_asyncapi(file: &Path, format: asyncapi::Format) -> Result<()> {
+    let config = config::load(Some(file))?;
+    let routes = routing::Routes::compile(&config, Some(file))?;
+    print!("{}", asyncapi::render(&config, &routes, format));
     Ok(())
 }
 

@@ -122,6 +122,8 @@ pub struct WebhookConfig {
     pub accept_test_ping: bool,
     #[serde(default = "default_max_events")]
     pub max_events: usize,
+    /// CloudEvents `source` of its events; default `/catalog360/{name}`.
+    pub source: Option<String>,
 }
 
 impl WebhookConfig {
@@ -341,6 +343,12 @@ fn webhook_problem<'a>(
     }
     if wh.max_events == 0 {
         return Some(("max_events", "must be at least 1"));
+    }
+    if wh.source.as_deref().is_some_and(|s| s.trim().is_empty()) {
+        return Some((
+            "source",
+            "must not be empty (a URI reference such as /catalog360/main)",
+        ));
     }
     None
 }

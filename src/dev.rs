@@ -19,6 +19,7 @@ pub fn demo_config(listen: &str, bootstrap: &str, key: &str) -> Config {
     let kafka = KafkaConfig {
         bootstrap_servers: bootstrap.to_owned(),
         librdkafka: BTreeMap::new(),
+        cloudevents: true,
     };
     Config {
         server: ServerConfig {
@@ -37,6 +38,7 @@ pub fn demo_config(listen: &str, bootstrap: &str, key: &str) -> Config {
             file_keys: Vec::new(),
             accept_test_ping: true,
             max_events: 100,
+            source: None,
         }],
         sinks: BTreeMap::from([("kafka".to_owned(), SinkConfig::Kafka(kafka))]),
         routes: vec![RouteConfig {

@@ -2,6 +2,7 @@
 
 use crate::answer::{Answer, Rejection};
 use crate::app::{App, Webhook};
+use crate::cloudevents;
 use crate::config::Unrouted;
 use crate::envelope::{self, EnvelopeError, Event};
 use crate::event_id::{EventId, event_ids};
@@ -13,7 +14,7 @@ use bytes::Bytes;
 use c360_sinks::{EventMeta, Message, SinkError};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 /// One message for one sink, with its ledger key.
@@ -92,6 +93,8 @@ fn plan(
     events: &[Event],
 ) -> Result<Vec<Job>, Rejection> {
     let ids = event_ids(&webhook.name, events);
+    // Received: the whole batch is read and verified. Shared by its events, built once.
+    let ce = cloudevents::Batch::new(webhook.ce_source.clone(), SystemTime::now());
     let mut jobs = Vec::with_capacity(events.len());
     for (index, (event, id)) in events.iter().zip(ids).enumerate() {
         let Some(route) = app.routes.lookup(&event.event_class) else {
@@ -108,6 +111,7 @@ fn plan(
             event_class: event.event_class.clone(),
             payload_class: event.payload_class.clone(),
             webhook: webhook.name.clone(),
+            cloudevent: Some(ce.event(&event.event_class)),
         });
         let raw = body.slice_ref(event.raw.get().as_bytes());
         for t in &route.targets {

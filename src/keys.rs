@@ -329,6 +329,7 @@ mod tests {
             file_keys: read_file(file).unwrap(),
             accept_test_ping: true,
             max_events: 100,
+            source: None,
         }
     }
 

@@ -3,6 +3,8 @@
 
 pub mod answer;
 pub mod app;
+pub mod asyncapi;
+pub mod cloudevents;
 pub mod config;
 pub mod dev;
 pub mod envelope;

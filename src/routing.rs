@@ -71,6 +71,11 @@ impl Routes {
         })
     }
 
+    /// Every route, in configuration order.
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter()
+    }
+
     /// The first route whose glob matches `event_class`.
     pub fn lookup(&self, event_class: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.matcher.is_match(event_class))
@@ -225,6 +230,16 @@ impl Template {
                 d.len()
             ))
         }
+    }
+
+    /// The names of the template's placeholders, in order (`event_class`, ...).
+    pub fn placeholders(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Lit(_) => None,
+            Part::EventClass => Some("event_class"),
+            Part::PayloadClass => Some("payload_class"),
+            Part::Webhook => Some("webhook"),
+        })
     }
 
     /// Renders for an event class (and payload class) without an event, for `check`.

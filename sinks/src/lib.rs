@@ -4,6 +4,7 @@
 //! optional key, the exact body bytes and a few headers) and returns once its broker has
 //! confirmed the message, or with a [`SinkError`] saying why not.
 
+pub mod cloudevents;
 mod error;
 pub mod kafka;
 #[cfg(feature = "test-util")]

@@ -1,5 +1,6 @@
 //! `Message`: one event on its way to one broker destination, body bytes untouched.
 
+use crate::cloudevents::CloudEvent;
 use bytes::Bytes;
 use std::sync::Arc;
 
@@ -14,6 +15,8 @@ pub struct EventMeta {
     pub payload_class: Option<String>,
     /// `c360-webhook`: the name of the webhook that received the event.
     pub webhook: Arc<str>,
+    /// The CloudEvents attributes (SPEC §8); `None` leaves the `ce` headers out.
+    pub cloudevent: Option<CloudEvent>,
 }
 
 impl EventMeta {
@@ -42,6 +45,32 @@ pub struct Message {
     pub body: Bytes,
     /// Header values.
     pub meta: Arc<EventMeta>,
+}
+
+#[cfg(test)]
+impl Message {
+    /// A message of class `task_created` with key `k1` and every CloudEvents attribute.
+    pub(crate) fn sample() -> Self {
+        use crate::cloudevents::BatchAttributes;
+        Message {
+            destination: "t".into(),
+            key: Some(Bytes::from_static(b"k1")),
+            body: Bytes::from_static(b"{}"),
+            meta: Arc::new(EventMeta {
+                id: "abc".into(),
+                event_class: "task_created".into(),
+                payload_class: Some("task".into()),
+                webhook: "w".into(),
+                cloudevent: Some(CloudEvent {
+                    ty: "com.catalog360.task_created".into(),
+                    batch: Arc::new(BatchAttributes {
+                        source: "/catalog360/w".into(),
+                        time: "2026-11-29T17:00:00Z".into(),
+                    }),
+                }),
+            }),
+        }
+    }
 }
 
 /// The MIME type of every message body.

@@ -1,5 +1,6 @@
 //! The RabbitMQ sink: persistent messages with publisher confirms and `mandatory`, reconnecting.
 
+use crate::cloudevents;
 use crate::message::CONTENT_TYPE;
 use crate::{Message, Readiness, Sink, SinkError};
 use async_trait::async_trait;
@@ -33,6 +34,9 @@ pub struct RabbitConfig {
     /// Channels on the connection; publishes are spread over them round-robin.
     #[serde(default = "default_channels")]
     pub channels: usize,
+    /// Add the CloudEvents `ce-*` headers to every message (SPEC §8).
+    #[serde(default = "crate::cloudevents::default_on")]
+    pub cloudevents: bool,
 }
 
 /// The AMQP heartbeat the bridge asks for when the URL sets none (`?heartbeat=N`): a silent
@@ -325,9 +329,16 @@ async fn open_channels(shared: &Shared, conn: &Connection) -> Result<Vec<Channel
     Ok(channels)
 }
 
-fn properties(msg: &Message) -> BasicProperties {
+fn properties(msg: &Message, cloudevents: bool) -> BasicProperties {
     let mut table = FieldTable::default();
     for (key, value) in msg.meta.headers() {
+        table.insert(key.into(), AMQPValue::LongString(LongString::from(value)));
+    }
+    let ce = msg.meta.cloudevent.as_ref().filter(|_| cloudevents);
+    for (key, value) in ce
+        .into_iter()
+        .flat_map(|ce| ce.headers(&cloudevents::AMQP, &msg.meta.id, msg.key.as_deref()))
+    {
         table.insert(key.into(), AMQPValue::LongString(LongString::from(value)));
     }
     BasicProperties::default()
@@ -357,7 +368,7 @@ impl Sink for RabbitSink {
                 msg.destination.as_str().into(),
                 opts,
                 &msg.body,
-                properties(msg),
+                properties(msg, self.shared.cfg.cloudevents),
             )
             .await
             .map_err(|e| self.shared.note_error(&e))?;
@@ -418,7 +429,27 @@ mod tests {
             exchange_type: default_exchange_type(),
             declare_exchange: true,
             channels: 1,
+            cloudevents: true,
         }
+    }
+
+    #[test]
+    fn cloudevents_headers_follow_the_sink_setting() {
+        let msg = Message::sample();
+        let names = |p: BasicProperties| -> Vec<String> {
+            p.headers()
+                .as_ref()
+                .map(|t| t.inner().keys().map(|k| k.to_string()).collect())
+                .unwrap_or_default()
+        };
+        let on = names(properties(&msg, true));
+        assert_eq!(on.len(), 10, "{on:?}");
+        assert!(on.contains(&"ce-id".to_owned()) && on.contains(&"ce-subject".to_owned()));
+        assert!(
+            names(properties(&msg, false))
+                .iter()
+                .all(|h| h.starts_with("c360-"))
+        );
     }
 
     #[test]

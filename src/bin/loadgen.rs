@@ -139,6 +139,7 @@ async fn direct_kafka(
     let cfg = KafkaConfig {
         bootstrap_servers: bootstrap,
         librdkafka: BTreeMap::from([("compression.type".into(), "none".into())]),
+        cloudevents: true,
     };
     let sink = KafkaSink::new("kafka", &cfg, Duration::from_secs(15))?;
     anyhow::ensure!(
@@ -300,6 +301,10 @@ fn messages(
 ) -> Result<Vec<Message>> {
     let events = c360_bridge::envelope::split(body, usize::MAX)?;
     let ids = c360_bridge::event_id::event_ids(webhook, &events);
+    let ce = c360_bridge::cloudevents::Batch::new(
+        c360_bridge::cloudevents::default_source(webhook).into(),
+        std::time::SystemTime::now(),
+    );
     Ok(events
         .iter()
         .zip(ids)
@@ -312,6 +317,7 @@ fn messages(
                 event_class: e.event_class.clone(),
                 payload_class: e.payload_class.clone(),
                 webhook: webhook.clone(),
+                cloudevent: Some(ce.event(&e.event_class)),
             }),
         })
         .collect())

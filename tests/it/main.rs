@@ -2,7 +2,9 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
+mod asyncapi;
 mod cli;
+mod consumers;
 mod faults;
 mod harness;
 mod healing;

@@ -4,6 +4,7 @@
 mod generation;
 mod supervisor;
 
+use crate::cloudevents;
 use crate::message::CONTENT_TYPE;
 use crate::{Message, Readiness, Sink, SinkError};
 use async_trait::async_trait;
@@ -28,6 +29,9 @@ pub struct KafkaConfig {
     /// Passed to librdkafka verbatim (`[sinks.NAME.librdkafka]`), after the bridge's defaults.
     #[serde(default)]
     pub librdkafka: BTreeMap<String, String>,
+    /// Add the CloudEvents `ce_*` headers to every message (SPEC §8).
+    #[serde(default = "crate::cloudevents::default_on")]
+    pub cloudevents: bool,
 }
 
 /// Settings the delivery guarantee depends on: the operator may not override them.
@@ -51,6 +55,8 @@ pub struct KafkaSink {
 /// What the sink and its supervisor thread share.
 struct Shared {
     name: String,
+    /// Whether messages carry the CloudEvents headers.
+    cloudevents: bool,
     /// The configuration every producer instance is made from.
     config: ClientConfig,
     /// The producer instance in use; replaced when it cannot recover.
@@ -84,6 +90,7 @@ impl KafkaSink {
         let first = Generation::create(&config, name, 1, wake.clone())?;
         let shared = Arc::new(Shared {
             name: name.to_owned(),
+            cloudevents: cfg.cloudevents,
             message_timeout: configured_timeout(&config),
             config,
             current: RwLock::new(Arc::new(first)),
@@ -247,9 +254,19 @@ impl Drop for KafkaSink {
     }
 }
 
-fn headers(msg: &Message) -> OwnedHeaders {
-    let mut h = OwnedHeaders::new_with_capacity(5);
+fn headers(msg: &Message, cloudevents: bool) -> OwnedHeaders {
+    let mut h = OwnedHeaders::new_with_capacity(11);
     for (key, value) in msg.meta.headers() {
+        h = h.insert(Header {
+            key,
+            value: Some(value),
+        });
+    }
+    let ce = msg.meta.cloudevent.as_ref().filter(|_| cloudevents);
+    for (key, value) in ce
+        .into_iter()
+        .flat_map(|ce| ce.headers(&cloudevents::KAFKA, &msg.meta.id, msg.key.as_deref()))
+    {
         h = h.insert(Header {
             key,
             value: Some(value),
@@ -293,7 +310,7 @@ impl Sink for KafkaSink {
         }
         let mut record = FutureRecord::<[u8], [u8]>::to(&msg.destination)
             .payload(&msg.body[..])
-            .headers(headers(msg));
+            .headers(headers(msg, s.cloudevents));
         if let Some(key) = &msg.key {
             record = record.key(&key[..]);
         }
@@ -360,8 +377,30 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            cloudevents: true,
         };
         client_config(&cfg, Duration::from_millis(1500)).expect("valid")
+    }
+
+    #[test]
+    fn cloudevents_headers_follow_the_sink_setting() {
+        use rdkafka::message::Headers;
+        let msg = Message::sample();
+        let names = |h: &OwnedHeaders| h.iter().map(|h| h.key.to_owned()).collect::<Vec<_>>();
+        let on = names(&headers(&msg, true));
+        assert_eq!(on.len(), 11, "{on:?}");
+        assert!(on.contains(&"ce_subject".to_owned()) && on.contains(&"content-type".to_owned()));
+        let off = names(&headers(&msg, false));
+        assert_eq!(
+            off,
+            [
+                "c360-event-id",
+                "c360-event-class",
+                "c360-payload-class",
+                "c360-webhook",
+                "content-type"
+            ]
+        );
     }
 
     #[test]

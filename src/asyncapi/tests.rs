@@ -1,0 +1,95 @@
+//! Unit tests of the AsyncAPI document: channels per destination, parameters, no credentials.
+
+use super::*;
+
+fn doc(toml: &str) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, toml).unwrap();
+    let config = crate::config::load(Some(&path)).unwrap();
+    let routes = Routes::compile(&config, Some(&path)).unwrap();
+    document(&config, &routes)
+}
+
+const FANOUT: &str = r#"
+[[webhooks]]
+name = "main"
+path = "/h"
+keys = ["k"]
+[sinks.kafka]
+type = "kafka"
+bootstrap_servers = "b1:9092,b2:9092"
+[sinks.rabbit]
+type = "rabbitmq"
+url = "amqp://user:s3cret@mq.example:5673/prod"
+exchange = "events"
+cloudevents = false
+[[routes]]
+match = "reportjob_*"
+sinks = ["rabbit"]
+[[routes]]
+match = "*"
+sinks = ["kafka", "rabbit"]
+topic = "c360.{event_class}"
+key = "/payload/new/id"
+"#;
+
+#[test]
+fn one_channel_per_sink_and_template_with_the_classes_that_reach_it() {
+    let d = doc(FANOUT);
+    let channels = d["channels"].as_object().unwrap();
+    let ids: Vec<&str> = channels.keys().map(String::as_str).collect();
+    assert_eq!(
+        ids,
+        [
+            "kafka_c360__event_class_",
+            "rabbit__event_class_",
+            "rabbit_c360__event_class_"
+        ]
+    );
+    let report = &channels["rabbit__event_class_"];
+    assert_eq!(report["address"], "{event_class}");
+    assert_eq!(
+        report["parameters"]["event_class"]["enum"],
+        json!(["reportjob_updated"])
+    );
+    let all = &channels["kafka_c360__event_class_"]["parameters"]["event_class"]["enum"];
+    assert_eq!(
+        all.as_array().unwrap().len(),
+        10,
+        "every known class but reportjob_updated"
+    );
+    assert_eq!(report["bindings"]["amqp"]["exchange"]["name"], "events");
+    assert_eq!(report["bindings"]["amqp"]["exchange"]["vhost"], "prod");
+    assert_eq!(d["operations"].as_object().unwrap().len(), 3);
+    let receive = &d["operations"]["receive_rabbit__event_class_"];
+    assert_eq!(receive["action"], "receive");
+    assert_eq!(receive["bindings"]["amqp"]["cc"], json!(["{event_class}"]));
+}
+
+#[test]
+fn servers_carry_no_credentials_and_headers_follow_the_sink() {
+    let d = doc(FANOUT);
+    let text = d.to_string();
+    assert!(
+        !text.contains("s3cret") && !text.contains("user:"),
+        "{text}"
+    );
+    assert_eq!(d["servers"]["rabbit"]["host"], "mq.example:5673");
+    assert_eq!(d["servers"]["kafka"]["host"], "b1:9092");
+    let kafka = &d["channels"]["kafka_c360__event_class_"]["messages"]["event"];
+    assert!(kafka["headers"]["properties"]["ce_id"].is_object());
+    assert!(
+        kafka["bindings"]["kafka"]["key"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("/payload/new/id")
+    );
+    let rabbit = &d["channels"]["rabbit_c360__event_class_"]["messages"]["event"];
+    let headers = rabbit["headers"]["properties"].as_object().unwrap();
+    assert!(headers.contains_key("c360-event-id"));
+    assert!(
+        headers.keys().all(|h| !h.starts_with("ce-")),
+        "cloudevents = false"
+    );
+}
