@@ -1,6 +1,7 @@
 //! `App`: everything a running bridge shares — webhooks, routes, sinks, ledger, limits.
 
 use crate::config::{Config, ConfigError, SinkConfig};
+use crate::dead_letter::DeadLetter;
 use crate::keys::WebhookKeys;
 use crate::ledger::Ledger;
 use crate::routing::Routes;
@@ -27,6 +28,8 @@ pub struct Webhook {
 pub struct App {
     pub webhooks: Vec<Webhook>,
     pub routes: Routes,
+    /// Where events no broker will ever take go (`[dead_letter]`), if configured.
+    pub dead_letter: Option<DeadLetter>,
     /// Sinks in the order of the sorted `[sinks]` table; `Target::sink` indexes it.
     pub sinks: Vec<Arc<dyn Sink>>,
     pub ledger: Ledger,
@@ -101,6 +104,7 @@ impl App {
     ) -> Result<Self, BuildError> {
         crate::metrics::handle();
         let routes = Routes::compile(&config, file)?;
+        let dead_letter = DeadLetter::compile(&config, file)?;
         let (answer_deadline, _) = deadlines(config.server.ack_timeout);
         let webhooks = config
             .webhooks
@@ -118,6 +122,7 @@ impl App {
         Ok(Self {
             webhooks,
             routes,
+            dead_letter,
             sinks,
             ledger: Ledger::new(config.ledger.max_entries, config.ledger.ttl),
             in_flight: Arc::new(Semaphore::new(config.server.max_in_flight_batches)),

@@ -4,6 +4,7 @@
 pub mod answer;
 pub mod app;
 pub mod config;
+pub mod dead_letter;
 pub mod dev;
 pub mod envelope;
 pub mod event_id;

@@ -312,6 +312,7 @@ fn messages(
                 event_class: e.event_class.clone(),
                 payload_class: e.payload_class.clone(),
                 webhook: webhook.clone(),
+                dead_letter: None,
             }),
         })
         .collect())

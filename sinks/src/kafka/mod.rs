@@ -5,7 +5,7 @@ mod generation;
 mod supervisor;
 
 use crate::message::CONTENT_TYPE;
-use crate::{Message, Readiness, Sink, SinkError};
+use crate::{Message, Permanence, Readiness, Sink, SinkError};
 use async_trait::async_trait;
 use generation::{Generation, Reason, Wake};
 use rdkafka::ClientConfig;
@@ -263,12 +263,20 @@ fn headers(msg: &Message) -> OwnedHeaders {
 }
 
 /// Maps a librdkafka error to whether the bridge should tell the sender to retry.
+///
+/// Permanent only when the failure belongs to this message and no retry can change it (the
+/// README's transient/permanent table): too large for the producer's `message.max.bytes` or the
+/// broker's limit, a record the broker validated and rejected, a topic name the broker refuses.
+/// Everything else may heal (a broker back, a topic created, an ACL granted, a batch-mate's bad
+/// record: `_INVALID_DIFFERENT_RECORD`; a corrupt message: librdkafka retries `INVALID_MSG`
+/// itself) and is transient.
 fn classify(e: KafkaError) -> SinkError {
     use RDKafkaErrorCode as C;
+    let permanent = |p| SinkError::Permanent(p, e.to_string());
     match e.rdkafka_error_code() {
-        Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::InvalidMessage) => {
-            SinkError::Permanent(e.to_string())
-        }
+        Some(C::MessageSizeTooLarge) => permanent(Permanence::TooLarge),
+        Some(C::InvalidRecord) => permanent(Permanence::InvalidRecord),
+        Some(C::InvalidTopic) => permanent(Permanence::IllegalDestination),
         Some(C::QueueFull) => SinkError::Overloaded(e.to_string()),
         Some(C::MessageTimedOut) => SinkError::Timeout(e.to_string()),
         Some(C::AllBrokersDown) => SinkError::Unavailable(e.to_string()),
@@ -381,6 +389,51 @@ mod tests {
             configured_timeout(&config(&[("message.timeout.ms", "0")])),
             None
         );
+    }
+
+    #[test]
+    fn only_failures_of_the_message_itself_are_permanent() {
+        use RDKafkaErrorCode as C;
+        let class = |c| classify(KafkaError::MessageProduction(c));
+        for (code, why) in [
+            (C::MessageSizeTooLarge, Permanence::TooLarge),
+            (C::InvalidRecord, Permanence::InvalidRecord),
+            (C::InvalidTopic, Permanence::IllegalDestination),
+        ] {
+            assert!(
+                matches!(class(code), SinkError::Permanent(p, _) if p == why),
+                "{code:?}"
+            );
+        }
+        for code in [
+            C::MessageTimedOut,
+            C::AllBrokersDown,
+            C::BrokerTransportFailure,
+            C::RequestTimedOut,
+            C::QueueFull,
+            C::LeaderNotAvailable,
+            C::NotLeaderForPartition,
+            C::NotEnoughReplicas,
+            C::NotEnoughReplicasAfterAppend,
+            C::KafkaStorageError,
+            C::UnknownTopicOrPartition,
+            C::UnknownTopic,
+            C::UnknownPartition,
+            C::TopicAuthorizationFailed,
+            C::ClusterAuthorizationFailed,
+            C::InvalidDifferentRecord,
+            C::InvalidMessage,
+            C::InvalidMessageSize,
+            C::MessageBatchTooLarge,
+            C::InvalidTimestamp,
+            C::PolicyViolation,
+            C::UnsupportedCompressionType,
+        ] {
+            assert!(
+                !matches!(class(code), SinkError::Permanent(..)),
+                "{code:?} must stay transient"
+            );
+        }
     }
 
     #[test]
