@@ -45,6 +45,12 @@ pub struct DeadLetter {
     pub max_bytes: usize,
 }
 
+/// Longest message key a dead letter keeps (a longer one, say the id that made an event too
+/// large, is left out: the letter must fit where the event did not).
+const MAX_KEY_BYTES: usize = 256;
+/// Longest `c360-dead-letter-reason` and `c360-original-destination` (an illegal destination
+/// may be as long as the event class it came from); longer ones are cut.
+const MAX_HEADER_BYTES: usize = 512;
 /// librdkafka's default `message.max.bytes`.
 const LIBRDKAFKA_MAX_BYTES: usize = 1_000_000;
 /// What a Kafka dead-letter sink's `message.max.bytes` must leave above `max_bytes` for the
@@ -102,14 +108,14 @@ impl DeadLetter {
         let destination = self.topic.legal(rendered)?;
         let (body, original_bytes) = cut(&msg.body, self.max_bytes);
         let headers = DeadLetterHeaders {
-            reason: format!("{}: {detail}", reason.code()),
+            reason: cut_text(&format!("{}: {detail}", reason.code())),
             original_sink: original_sink.to_owned(),
-            original_destination: msg.destination.clone(),
+            original_destination: cut_text(&msg.destination),
             original_bytes,
         };
         Ok(Message {
             destination,
-            key: msg.key.clone(),
+            key: msg.key.clone().filter(|k| k.len() <= MAX_KEY_BYTES),
             body,
             meta: Arc::new(EventMeta {
                 dead_letter: Some(Box::new(headers)),
@@ -150,11 +156,28 @@ fn cut(body: &Bytes, max: usize) -> (Bytes, Option<String>) {
     if body.len() <= max {
         return (body.clone(), None);
     }
+    (
+        body.slice(..boundary(body, max)),
+        Some(body.len().to_string()),
+    )
+}
+
+/// `text` cut to `MAX_HEADER_BYTES` at a character boundary.
+fn cut_text(text: &str) -> String {
+    if text.len() <= MAX_HEADER_BYTES {
+        return text.to_owned();
+    }
+    let end = boundary(text.as_bytes(), MAX_HEADER_BYTES);
+    text.get(..end).unwrap_or_default().to_owned()
+}
+
+/// The largest UTF-8 character boundary of `bytes` at or below `max` (< its length).
+fn boundary(bytes: &[u8], max: usize) -> usize {
     let mut end = max;
-    while end > 0 && body[end] & 0xC0 == 0x80 {
+    while end > 0 && bytes[end] & 0xC0 == 0x80 {
         end -= 1;
     }
-    (body.slice(..end), Some(body.len().to_string()))
+    end
 }
 
 /// Logs (WARN) and counts an event its dead-letter destination confirmed.
@@ -220,6 +243,9 @@ mod tests {
         assert_eq!((&c[..], n.as_deref()), ("abcé".as_bytes(), Some("9")));
         let (c, _) = cut(&body, 6);
         assert_eq!(&c[..], "abcé".as_bytes(), "never half a €");
+        let long = "é".repeat(400);
+        assert_eq!(cut_text(&long), "é".repeat(256));
+        assert_eq!(cut_text("short"), "short");
     }
 
     fn config(extra: &str) -> Result<Option<DeadLetter>, String> {
