@@ -10,9 +10,10 @@ use crate::config::{Config, ConfigError, DeadLetterConfig, SinkConfig, invalid};
 use crate::metrics as m;
 use crate::routing::Template;
 use bytes::Bytes;
-use c360_sinks::{DeadLetterHeaders, EventMeta, Message, Permanence, SinkError};
+use c360_sinks::{DeadLetterHeaders, EventMeta, Message, Permanence, Sink, SinkError};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Whether a failed publish can succeed later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,6 +181,26 @@ fn boundary(bytes: &[u8], max: usize) -> usize {
     end
 }
 
+/// How long a dead letter waits for its sink to be ready again before it fails.
+const REBUILD_WAIT: Duration = Duration::from_secs(2);
+
+/// Publishes a dead letter to `sink`. A sink that is unavailable is waited for (up to
+/// `REBUILD_WAIT`) and tried once more: RabbitMQ closes the channel over a too-large message and
+/// the sink rebuilds its link, so a dead letter on the same sink would otherwise fail every time
+/// its event is resent.
+pub async fn publish(sink: &dyn Sink, msg: &Message) -> Result<(), SinkError> {
+    match sink.publish(msg).await {
+        Err(SinkError::Unavailable(_)) => {
+            let until = Instant::now() + REBUILD_WAIT;
+            while !sink.readiness().ready && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            sink.publish(msg).await
+        }
+        other => other,
+    }
+}
+
 /// Logs (WARN) and counts an event its dead-letter destination confirmed.
 pub fn confirmed(msg: &Message, reason: Permanence) {
     let Some(dl) = msg.meta.dead_letter.as_deref() else {
@@ -233,6 +254,30 @@ mod tests {
             let e = SinkError::Permanent(p, "x".into());
             assert_eq!(classify(&e), Class::Permanent(p));
         }
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_waits_for_its_sink_to_come_back_briefly() {
+        let sink = Arc::new(c360_sinks::memory::MemorySink::new("m"));
+        sink.fail(true);
+        let msg = Message {
+            destination: "d".into(),
+            key: None,
+            body: Bytes::from_static(b"{}"),
+            meta: Arc::new(EventMeta {
+                id: "i".into(),
+                event_class: "c".into(),
+                payload_class: None,
+                webhook: "w".into(),
+                dead_letter: None,
+            }),
+        };
+        let (s, m) = (sink.clone(), msg.clone());
+        let publishing = tokio::spawn(async move { publish(&*s, &m).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        sink.fail(false); // the link is rebuilt
+        assert!(publishing.await.unwrap().is_ok());
+        assert_eq!(sink.published().len(), 1);
     }
 
     #[test]

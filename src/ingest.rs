@@ -252,7 +252,14 @@ async fn attempt(app: &App, jobs: Vec<Job>) -> Vec<(Job, SinkError)> {
     // Each publish has its own deadline, so the confirms that did arrive are still recorded
     // when another sink never answers.
     let results = futures::future::join_all(jobs.iter().map(|j| async {
-        tokio::time::timeout(app.publish_deadline, app.sinks[j.sink].publish(&j.msg))
+        let sink = &*app.sinks[j.sink];
+        let publish = async {
+            match j.dead_letter {
+                None => sink.publish(&j.msg).await,
+                Some(_) => dead_letter::publish(sink, &j.msg).await,
+            }
+        };
+        tokio::time::timeout(app.publish_deadline, publish)
             .await
             .unwrap_or_else(|_| {
                 Err(SinkError::Timeout(
