@@ -70,6 +70,17 @@ pub fn deadlines(ack_timeout: Duration) -> (Duration, Duration) {
     (answer, kafka_message)
 }
 
+/// Has a look at the dead-letter topic when `name` is the dead letter's Kafka sink and the topic
+/// is a fixed name (a template's topics are known only per event).
+fn dead_letter_topic(config: &Config, name: &str, sink: &Arc<KafkaSink>) {
+    if let Some(dl) = config.dead_letter.as_ref()
+        && dl.sink == name
+        && !dl.topic.contains('{')
+    {
+        crate::dead_letter::look_at_kafka_topic(sink.clone(), dl.topic.clone());
+    }
+}
+
 impl App {
     /// Connects the configured sinks and compiles the routes. Must run inside a tokio runtime.
     pub fn build(config: Config, file: Option<&Path>) -> Result<Self, BuildError> {
@@ -78,12 +89,15 @@ impl App {
         for (name, sc) in &config.sinks {
             sinks.push(match sc {
                 SinkConfig::Kafka(k) => {
-                    Arc::new(KafkaSink::new(name, k, kafka_timeout).map_err(|source| {
-                        BuildError::Kafka {
-                            name: name.clone(),
-                            source,
-                        }
-                    })?)
+                    let sink =
+                        Arc::new(KafkaSink::new(name, k, kafka_timeout).map_err(|source| {
+                            BuildError::Kafka {
+                                name: name.clone(),
+                                source,
+                            }
+                        })?);
+                    dead_letter_topic(&config, name, &sink);
+                    sink
                 }
                 SinkConfig::Rabbitmq(r) => Arc::new(RabbitSink::new(name, r).map_err(
                     |source| BuildError::Rabbit {

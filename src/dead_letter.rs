@@ -181,6 +181,35 @@ fn boundary(bytes: &[u8], max: usize) -> usize {
     end
 }
 
+/// How long the start-up look at a Kafka dead-letter topic waits for the cluster.
+const STARTUP_LOOK: Duration = Duration::from_secs(30);
+
+/// At start-up, in a thread of its own (the cluster may not be up yet): warns when the fixed
+/// Kafka dead-letter `topic` does not exist on `sink`, since every dead letter would then fail
+/// (503) until it is created. It never stops the bridge: a topic may be created later.
+pub fn look_at_kafka_topic(sink: Arc<c360_sinks::kafka::KafkaSink>, topic: String) {
+    let spawned = std::thread::Builder::new()
+        .name("c360-dead-letter-look".into())
+        .spawn(move || {
+            let name = sink.name().to_owned();
+            let known = sink
+                .probe_now(STARTUP_LOOK)
+                .then(|| sink.knows_topic(&topic, Duration::from_secs(5)))
+                .flatten();
+            match known {
+                Some(true) => tracing::info!(sink = %name, topic = %topic, "dead-letter topic exists"),
+                Some(false) => tracing::warn!(
+                    sink = %name, topic = %topic,
+                    "dead-letter topic does not exist: dead letters fail (their batches get 503) until it is created"
+                ),
+                None => tracing::warn!(sink = %name, topic = %topic, "could not look at the dead-letter topic: no Kafka broker answered"),
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "could not look at the dead-letter topic");
+    }
+}
+
 /// How long a dead letter waits for its sink to be ready again before it fails.
 const REBUILD_WAIT: Duration = Duration::from_secs(2);
 

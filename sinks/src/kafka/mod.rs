@@ -109,6 +109,22 @@ impl KafkaSink {
         Some(s.thread)
     }
 
+    /// Whether the cluster has `topic` (`None` when no broker answered within `timeout`).
+    /// Blocks; for start-up checks, not for the publish path.
+    pub fn knows_topic(&self, topic: &str, timeout: Duration) -> Option<bool> {
+        let current = self.shared.current();
+        let md = current
+            .producer
+            .client()
+            .fetch_metadata(Some(topic), timeout)
+            .ok()?;
+        let found = md
+            .topics()
+            .iter()
+            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+        Some(found)
+    }
+
     /// Blocks (up to `timeout`) until the cluster has answered a metadata request.
     pub fn probe_now(&self, timeout: Duration) -> bool {
         let until = Instant::now() + timeout;
