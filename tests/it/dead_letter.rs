@@ -429,3 +429,45 @@ async fn serve_says_at_start_up_whether_the_kafka_dead_letter_topic_exists() {
         bridge.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_broker_rejects_as_invalid_is_dead_lettered() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let _shared = SHARED_BROKERS.read().await;
+    let prefix = unique("dl");
+    let [dead] = &topics(&prefix, &["dead-letter"]).await[..] else {
+        unreachable!()
+    };
+    // task_* to a mock cluster whose next Produce is refused with INVALID_RECORD (87).
+    let cluster = mock(&[("tasks", 1)]);
+    let strict = kafka_sink_toml("mock", &cluster.bootstrap_servers());
+    let tasks = "[[routes]]\nmatch = \"task_*\"\nsinks = [\"mock\"]\ntopic = \"tasks\"\n";
+    let dl = format!("sink = \"kafka\"\ntopic = \"{dead}\"\n");
+    let bridge = Bridge::start(&config(&prefix, "", &strict, tasks, &dl)).await;
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_RECORD],
+    );
+    let invalid = event("task_created", "i");
+    let r = post(
+        &bridge.url("/hook"),
+        &batch(std::slice::from_ref(&invalid)),
+        Some(KEY),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    assert!(
+        consume(&cluster.bootstrap_servers(), "tasks", 1)
+            .await
+            .is_empty()
+    );
+    let letters = consume(&kafka(), dead, 1).await;
+    assert_eq!(payloads(&letters), [invalid.as_bytes()]);
+    let h = &letters[0].headers;
+    assert!(
+        h["c360-dead-letter-reason"].starts_with("invalid_record: "),
+        "{h:?}"
+    );
+    assert_eq!(h["c360-original-sink"], "mock");
+    assert_eq!(h["c360-original-destination"], "tasks");
+}
