@@ -7,20 +7,23 @@
 # RabbitMQ every round also runs the bridge with `cloudevents = false` on its sink, so the cost
 # of the CloudEvents headers (on by default) comes from the same invocation.
 # Knobs: DURATION (10s), ROUNDS (3), CONCURRENCY (8), BATCH (100), EVENT_SIZE (1024),
-# C360_KAFKA_PORT (9092: tansu's port, as in scripts/brokers.sh), WORKERS (1: the async runtime
-# threads of the bridge and, to compare like with like, of the direct producer; 0 = one per
-# core). The HTTP load generator keeps one thread per core.
+# WORKERS (1: the async runtime threads of the bridge and, to compare like with like, of the
+# direct producer; 0 = one per core), POISON_EVERY (100: the dead-letter scenario sends 1 event
+# in POISON_EVERY with an illegal topic), C360_KAFKA_PORT (9092: tansu's port; brokers.sh starts
+# tansu there), BENCH_PORT (18181: the bridge; BENCH_PORT+1: `dev`). The HTTP load generator
+# keeps one thread per core.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-10s}"; ROUNDS="${ROUNDS:-3}"; WORKERS="${WORKERS:-1}"
 CONCURRENCY="${CONCURRENCY:-8}"; BATCH="${BATCH:-100}"; EVENT_SIZE="${EVENT_SIZE:-1024}"
+POISON_EVERY="${POISON_EVERY:-100}"; KAFKA="127.0.0.1:${C360_KAFKA_PORT:-9092}"
 OUT="${BENCH_OUT:-target/bench}"; mkdir -p "$OUT"
 # A separate assignment, so that `set -e` stops here when a broker cannot start.
 brokers_env=$(scripts/brokers.sh start)
 eval "$brokers_env"
 cargo build --release --locked --bins >&2
 BIN=target/release/c360-bridge; LG=target/release/c360-loadgen; DIRECT="$LG --worker-threads $WORKERS"
-KEY=bench-key; PORT=18181; KAFKA="127.0.0.1:${C360_KAFKA_PORT:-9092}"
+KEY=bench-key; PORT="${BENCH_PORT:-18181}"; DEV_PORT=$((PORT + 1))
 PID=""; trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null || true' EXIT # no bridge outlives a failure
 # Results of earlier invocations (other ROUNDS, older binaries) must not enter this table.
 rm -f "$OUT"/*.json "$OUT"/*-rss
@@ -94,6 +97,19 @@ median kafka-tansu http; median kafka-tansu direct; median kafka-tansu-noce http
 fresh_tansu; serve kafka-tansu "$TANSU_SINK"
 $LG http $(hook) $(load) --rate "$(half_rate kafka-tansu)" >"$OUT/kafka-tansu-half.json"
 stop kafka-tansu
+# Dead letter on tansu: the same load with 1 event in POISON_EVERY of an illegal class, which the
+# bridge publishes to catalog360.dead-letter (created by brokers.sh); every batch must get 200.
+DL_SINK="$TANSU_SINK
+[dead_letter]
+sink = \"s\"
+topic = \"catalog360.dead-letter\""
+for r in $(seq 1 "$ROUNDS"); do
+  fresh_tansu; serve kafka-tansu-dl "$DL_SINK"
+  $LG http $(hook) $(load) --poison-every "$POISON_EVERY" >"$OUT/kafka-tansu-dl-http-$r.json"
+  curl -fs "http://127.0.0.1:$PORT/metrics" | awk '/^c360_events_dead_lettered_total/ {n += $NF} END {print n + 0}' >"$OUT/kafka-tansu-dl-lettered-$r"
+  stop kafka-tansu-dl
+done
+median kafka-tansu-dl http
 fresh_tansu; serve one-event "$TANSU_SINK"
 $LG http $(hook) $(load 1) >"$OUT/one-event-http.json"
 stop one-event
@@ -122,15 +138,15 @@ stop rabbitmq
 
 # Kafka on the mock cluster: `dev` embeds it (its route keys messages by /payload/new/id, so the
 # direct run does too); the direct run produces to the same cluster.
-$BIN dev --listen 127.0.0.1:18182 --worker-threads "$WORKERS" >"$OUT/dev.out" 2>"$OUT/dev.log" & PID=$!
-wait_ready 127.0.0.1:18182
+$BIN dev --listen 127.0.0.1:$DEV_PORT --worker-threads "$WORKERS" >"$OUT/dev.out" 2>"$OUT/dev.log" & PID=$!
+wait_ready 127.0.0.1:$DEV_PORT
 BOOT=$(awk -F': ' '/Kafka bootstrap/ {print $2}' "$OUT/dev.out"); DKEY=$(awk -F': ' '/Demo key/ {print $2}' "$OUT/dev.out")
 for r in $(seq 1 "$ROUNDS"); do
-  $LG http --url http://127.0.0.1:18182/webhooks/catalog360 --key "$DKEY" $(load) >"$OUT/kafka-mock-http-$r.json"
+  $LG http --url http://127.0.0.1:$DEV_PORT/webhooks/catalog360 --key "$DKEY" $(load) >"$OUT/kafka-mock-http-$r.json"
   $DIRECT direct-kafka --bootstrap "$BOOT" --prefix catalog360 --key-pointer /payload/new/id $(load) >"$OUT/kafka-mock-direct-$r.json"
 done
 median kafka-mock http; median kafka-mock direct
-$LG http --url http://127.0.0.1:18182/webhooks/catalog360 --key "$DKEY" $(load) --rate "$(half_rate kafka-mock)" >"$OUT/kafka-mock-half.json"
+$LG http --url http://127.0.0.1:$DEV_PORT/webhooks/catalog360 --key "$DKEY" $(load) --rate "$(half_rate kafka-mock)" >"$OUT/kafka-mock-half.json"
 peak_rss_mib $PID >"$OUT/kafka-mock-rss"
 kill -INT $PID; wait $PID || true
 
@@ -153,6 +169,12 @@ for b in kafka-tansu rabbitmq kafka-mock; do
     "$(python3 -c "import glob, json; print(' '.join('%.0f' % json.load(open(p))['events_per_s'] for p in sorted(glob.glob('$OUT/$b-http-[0-9]*.json'))))")" \
     "$(python3 -c "import glob, json; print(' '.join('%.0f' % json.load(open(p))['events_per_s'] for p in sorted(glob.glob('$OUT/$b-direct-[0-9]*.json'))))")"
 done
+printf '\n\nDead letter on tansu, 1 event in %s to the dead letter (median round): bridge %.0f events/s, p99 %s ms, non-200 %s, dead-lettered per round %s (events of 200s / %s: %s), peak RSS %s MiB' \
+  "$POISON_EVERY" "$(get "$OUT/kafka-tansu-dl-http.json" "d['events_per_s']")" "$(get "$OUT/kafka-tansu-dl-http.json" "d['latency_ms']['p99']")" \
+  "$(python3 -c "import glob, json; print(sum(sum(json.load(open(p))['failures'].values()) for p in glob.glob('$OUT/kafka-tansu-dl-http-*.json')))")" \
+  "$(cat "$OUT"/kafka-tansu-dl-lettered-* | tr '\n' ' ')" "$POISON_EVERY" \
+  "$(python3 -c "import glob, json; print(' '.join(str(json.load(open(p))['ok_batches'] * $BATCH // $POISON_EVERY) for p in sorted(glob.glob('$OUT/kafka-tansu-dl-http-[0-9]*.json'))))")" \
+  "$(cat "$OUT/kafka-tansu-dl-rss")"
 printf '\n\n1-event batches on tansu: bridge %.0f requests/s (p99 %s ms), direct %.0f batches/s (p99 %s ms)\n' \
   "$(get "$OUT/one-event-http.json" "d['batches_per_s']")" "$(get "$OUT/one-event-http.json" "d['latency_ms']['p99']")" \
   "$(get "$OUT/one-event-direct.json" "d['batches_per_s']")" "$(get "$OUT/one-event-direct.json" "d['latency_ms']['p99']")"

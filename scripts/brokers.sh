@@ -71,6 +71,9 @@ start_tansu() {
     out=$("$bin" topic create "catalog360.$class" --broker "tcp://127.0.0.1:$KAFKA_PORT" --partitions 3 2>&1) ||
       grep -q "already exists" <<<"$out" || { log "creating catalog360.$class failed: $out"; exit 1; }
   done
+  # The dead-letter topic of config/default.toml's commented [dead_letter] and of bench.sh.
+  out=$("$bin" topic create "catalog360.dead-letter" --broker "tcp://127.0.0.1:$KAFKA_PORT" --partitions 1 2>&1) ||
+    grep -q "already exists" <<<"$out" || { log "creating catalog360.dead-letter failed: $out"; exit 1; }
   log "tansu ready on 127.0.0.1:$KAFKA_PORT (catalog360.* topics created)"
 }
 

@@ -1,6 +1,7 @@
 //! `App`: everything a running bridge shares — webhooks, routes, sinks, ledger, limits.
 
 use crate::config::{Config, ConfigError, SinkConfig};
+use crate::dead_letter::DeadLetter;
 use crate::keys::WebhookKeys;
 use crate::ledger::Ledger;
 use crate::routing::Routes;
@@ -29,6 +30,8 @@ pub struct Webhook {
 pub struct App {
     pub webhooks: Vec<Webhook>,
     pub routes: Routes,
+    /// Where events no broker will ever take go (`[dead_letter]`), if configured.
+    pub dead_letter: Option<DeadLetter>,
     /// Sinks in the order of the sorted `[sinks]` table; `Target::sink` indexes it.
     pub sinks: Vec<Arc<dyn Sink>>,
     pub ledger: Ledger,
@@ -69,6 +72,17 @@ pub fn deadlines(ack_timeout: Duration) -> (Duration, Duration) {
     (answer, kafka_message)
 }
 
+/// Has a look at the dead-letter topic when `name` is the dead letter's Kafka sink and the topic
+/// is a fixed name (a template's topics are known only per event).
+fn dead_letter_topic(config: &Config, name: &str, sink: &Arc<KafkaSink>) {
+    if let Some(dl) = config.dead_letter.as_ref()
+        && dl.sink == name
+        && !dl.topic.contains('{')
+    {
+        crate::dead_letter::look_at_kafka_topic(sink.clone(), dl.topic.clone());
+    }
+}
+
 impl App {
     /// Connects the configured sinks and compiles the routes. Must run inside a tokio runtime.
     pub fn build(config: Config, file: Option<&Path>) -> Result<Self, BuildError> {
@@ -77,12 +91,15 @@ impl App {
         for (name, sc) in &config.sinks {
             sinks.push(match sc {
                 SinkConfig::Kafka(k) => {
-                    Arc::new(KafkaSink::new(name, k, kafka_timeout).map_err(|source| {
-                        BuildError::Kafka {
-                            name: name.clone(),
-                            source,
-                        }
-                    })?)
+                    let sink =
+                        Arc::new(KafkaSink::new(name, k, kafka_timeout).map_err(|source| {
+                            BuildError::Kafka {
+                                name: name.clone(),
+                                source,
+                            }
+                        })?);
+                    dead_letter_topic(&config, name, &sink);
+                    sink
                 }
                 SinkConfig::Rabbitmq(r) => Arc::new(RabbitSink::new(name, r).map_err(
                     |source| BuildError::Rabbit {
@@ -103,6 +120,7 @@ impl App {
     ) -> Result<Self, BuildError> {
         crate::metrics::handle();
         let routes = Routes::compile(&config, file)?;
+        let dead_letter = DeadLetter::compile(&config, file)?;
         let (answer_deadline, _) = deadlines(config.server.ack_timeout);
         let webhooks = config
             .webhooks
@@ -125,6 +143,7 @@ impl App {
         Ok(Self {
             webhooks,
             routes,
+            dead_letter,
             sinks,
             ledger: Ledger::new(config.ledger.max_entries, config.ledger.ttl),
             in_flight: Arc::new(Semaphore::new(config.server.max_in_flight_batches)),

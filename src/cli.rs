@@ -2,6 +2,7 @@
 
 use anyhow::{Context, Result, bail};
 use c360_bridge::config::{self, LogFormat};
+use c360_bridge::dead_letter::DeadLetter;
 use c360_bridge::{App, asyncapi, dev, keys, routing, sample, signature};
 use clap::{Parser, Subcommand};
 use std::io::Read;
@@ -149,6 +150,7 @@ pub async fn shutdown_signal() {
 fn check(file: &Path) -> Result<()> {
     let config = config::load(Some(file))?;
     let routes = routing::Routes::compile(&config, Some(file))?;
+    let dead_letter = DeadLetter::compile(&config, Some(file))?;
     println!("{}: OK", file.display());
     for wh in &config.webhooks {
         println!(
@@ -190,6 +192,7 @@ fn check(file: &Path) -> Result<()> {
             None => println!("{class:<24} (dropped: no route, unrouted = \"drop\")"),
         }
     }
+    print_dead_letter(dead_letter.as_ref());
     Ok(())
 }
 
@@ -198,6 +201,18 @@ fn print_asyncapi(file: &Path, format: asyncapi::Format) -> Result<()> {
     let routes = routing::Routes::compile(&config, Some(file))?;
     print!("{}", asyncapi::render(&config, &routes, format));
     Ok(())
+}
+
+fn print_dead_letter(dl: Option<&DeadLetter>) {
+    match dl {
+        Some(dl) => println!(
+            "dead letter: sink {}, topic {}, max_bytes {} (illegal destinations, too large, invalid records)",
+            dl.sink_name, dl.topic.text, dl.max_bytes
+        ),
+        None => {
+            println!("dead letter: none (an illegal destination gets 400, a too large event 503)")
+        }
+    }
 }
 
 fn read_input(file: Option<&Path>) -> Result<Vec<u8>> {

@@ -30,6 +30,30 @@ pub struct Config {
     /// catch-all route) or `drop` (accept and count it in `c360_events_unrouted_total`).
     #[serde(default)]
     pub unrouted: Unrouted,
+    /// `[dead_letter]`: where events no broker will ever take are published (SPEC §10).
+    #[serde(default)]
+    pub dead_letter: Option<DeadLetterConfig>,
+}
+
+/// `[dead_letter]`: the sink and destination of events that failed permanently.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    /// Any configured sink (`[sinks.NAME]`).
+    pub sink: String,
+    /// Kafka topic / AMQP routing key template (`{event_class}`, `{payload_class}`, `{webhook}`).
+    #[serde(default = "default_dead_letter_topic")]
+    pub topic: String,
+    /// Larger event bodies are cut to this many bytes (header `c360-truncated: true`).
+    #[serde(default = "default_dead_letter_max_bytes")]
+    pub max_bytes: usize,
+}
+
+fn default_dead_letter_topic() -> String {
+    "catalog360.dead-letter".into()
+}
+fn default_dead_letter_max_bytes() -> usize {
+    900_000
 }
 
 /// `[server]`.

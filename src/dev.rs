@@ -48,6 +48,7 @@ pub fn demo_config(listen: &str, bootstrap: &str, key: &str) -> Config {
             key: Some("/payload/new/id".into()),
         }],
         unrouted: Unrouted::Error,
+        dead_letter: None,
     }
 }
 

@@ -1,9 +1,11 @@
 //! The POST handler: verify → split → route → publish every event → await every confirm → answer.
+//! Events no broker will ever take go to the dead letter when one is configured (`dead_letter`).
 
 use crate::answer::{Answer, Rejection};
 use crate::app::{App, Webhook};
 use crate::cloudevents;
 use crate::config::Unrouted;
+use crate::dead_letter::{self, Class};
 use crate::envelope::{self, EnvelopeError, Event};
 use crate::event_id::{EventId, event_ids};
 use crate::ledger;
@@ -11,7 +13,7 @@ use crate::metrics as m;
 use crate::routing::Target;
 use crate::signature::{HEADER, Verdict};
 use bytes::Bytes;
-use c360_sinks::{EventMeta, Message, SinkError};
+use c360_sinks::{EventMeta, Message, Permanence, SinkError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -21,7 +23,10 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 struct Job {
     sink: usize,
     msg: Message,
+    /// A dead-letter job keeps the key of the (event, sink) pair it stands for.
     ledger_key: ledger::Key,
+    /// Set on a job to the dead-letter destination: why the event goes there.
+    dead_letter: Option<Permanence>,
 }
 
 /// Handles one POST on a webhook path and says what to answer.
@@ -85,7 +90,8 @@ async fn ingest(
 }
 
 /// Turns events into one job per (event, target), leaving out pairs the ledger has confirmed.
-/// An event without a legal destination rejects the whole batch before anything is published.
+/// An event without a legal destination goes to the dead letter, or without one rejects the
+/// whole batch before anything is published.
 fn plan(
     app: &App,
     webhook: &Webhook,
@@ -112,17 +118,20 @@ fn plan(
             payload_class: event.payload_class.clone(),
             webhook: webhook.name.clone(),
             cloudevent: Some(ce.event(&event.event_class)),
+            dead_letter: None,
         });
         let raw = body.slice_ref(event.raw.get().as_bytes());
         for t in &route.targets {
-            jobs.push(event_job(index, event, &id, t, &meta, &raw)?);
+            jobs.push(event_job(app, index, event, &id, t, &meta, &raw)?);
         }
     }
     Ok(unconfirmed(app, jobs))
 }
 
-/// The job that publishes event `index` (its bytes `raw`, its headers `meta`) to target `t`.
+/// The job that publishes event `index` (its bytes `raw`, its headers `meta`) to target `t`,
+/// or to the dead letter when its destination is illegal.
 fn event_job(
+    app: &App,
     index: usize,
     event: &Event,
     id: &EventId,
@@ -130,27 +139,48 @@ fn event_job(
     meta: &Arc<EventMeta>,
     raw: &Bytes,
 ) -> Result<Job, EnvelopeError> {
-    let destination = t
-        .topic
-        .destination(event, &meta.webhook)
-        .map_err(|reason| EnvelopeError::BadEvent {
-            index,
-            reason: format!("event_class {:?} {reason}", event.event_class),
-        })?;
-    let msg = Message {
-        destination,
-        key: t
-            .key
-            .as_ref()
-            .and_then(|k| k.extract(event.raw))
-            .map(Bytes::from),
-        body: raw.clone(),
-        meta: meta.clone(),
-    };
-    Ok(Job {
+    let job = |destination| Job {
         sink: t.sink,
-        msg,
+        msg: Message {
+            destination,
+            key: t
+                .key
+                .as_ref()
+                .and_then(|k| k.extract(event.raw))
+                .map(Bytes::from),
+            body: raw.clone(),
+            meta: meta.clone(),
+        },
         ledger_key: id.ledger_key(t.sink),
+        dead_letter: None,
+    };
+    let illegal = match t.topic.destination(event, &meta.webhook) {
+        Ok(destination) => return Ok(job(destination)),
+        Err(illegal) => format!("event_class {:?} {illegal}", event.event_class),
+    };
+    let payload_class = event.payload_class.as_deref();
+    let original = job(t
+        .topic
+        .render_parts(&event.event_class, payload_class, &meta.webhook));
+    divert(app, &original, Permanence::IllegalDestination, &illegal).ok_or(
+        EnvelopeError::BadEvent {
+            index,
+            reason: illegal,
+        },
+    )
+}
+
+/// The job that takes `job`'s event to the dead-letter destination instead (`None` without
+/// `[dead_letter]`, or when its template gives this event no legal destination either).
+fn divert(app: &App, job: &Job, reason: Permanence, detail: &str) -> Option<Job> {
+    let dl = app.dead_letter.as_ref()?;
+    let original_sink = app.sinks[job.sink].name();
+    let msg = dl.message(&job.msg, original_sink, reason, detail).ok()?;
+    Some(Job {
+        sink: dl.sink,
+        msg,
+        ledger_key: job.ledger_key,
+        dead_letter: Some(reason),
     })
 }
 
@@ -170,9 +200,6 @@ fn unconfirmed(app: &App, mut jobs: Vec<Job>) -> Vec<Job> {
     jobs
 }
 
-/// The jobs of a batch that were not confirmed (index into the jobs, and why).
-type Failures = Vec<(usize, SinkError)>;
-
 /// Starts every job at once, waits for all confirms until the answer `deadline`.
 ///
 /// The publishing runs in its own task holding the in-flight permit, so confirms that arrive
@@ -191,13 +218,13 @@ async fn publish(
     app.tasks.spawn(async move {
         let _permit = permit;
         let _gauge = m::InFlight::enter();
-        let outcome = publish_all(&task_app, &jobs).await;
+        let outcome = publish_all(&task_app, jobs).await;
         let _ = tx.send(outcome);
     });
     match tokio::time::timeout_at(deadline, rx).await {
         Ok(Ok(failures)) => match failures.first() {
             None => Ok(()),
-            Some((_, e)) => Err(Rejection::Unconfirmed {
+            Some(e) => Err(Rejection::Unconfirmed {
                 failed: failures.len(),
                 first: e.to_string(),
             }),
@@ -210,12 +237,33 @@ async fn publish(
     }
 }
 
-async fn publish_all(app: &App, jobs: &[Job]) -> Failures {
+/// Publishes the jobs, then sends the events that failed permanently to the dead letter;
+/// returns why each message that is still unconfirmed failed.
+async fn publish_all(app: &App, jobs: Vec<Job>) -> Vec<SinkError> {
     let started = Instant::now();
+    let mut failed = attempt(app, jobs).await;
+    let diverted = dead_letters(app, &mut failed);
+    if !diverted.is_empty() {
+        failed.extend(attempt(app, diverted).await);
+    }
+    m::publish_latency(started.elapsed());
+    failed.into_iter().map(|(_, e)| e).collect()
+}
+
+/// Starts every job at once and waits for all confirms; records the confirmed pairs in the
+/// ledger and returns the failed jobs with why.
+async fn attempt(app: &App, jobs: Vec<Job>) -> Vec<(Job, SinkError)> {
     // Each publish has its own deadline, so the confirms that did arrive are still recorded
     // when another sink never answers.
     let results = futures::future::join_all(jobs.iter().map(|j| async {
-        tokio::time::timeout(app.publish_deadline, app.sinks[j.sink].publish(&j.msg))
+        let sink = &*app.sinks[j.sink];
+        let publish = async {
+            match j.dead_letter {
+                None => sink.publish(&j.msg).await,
+                Some(_) => dead_letter::publish(sink, &j.msg).await,
+            }
+        };
+        tokio::time::timeout(app.publish_deadline, publish)
             .await
             .unwrap_or_else(|_| {
                 Err(SinkError::Timeout(
@@ -225,17 +273,37 @@ async fn publish_all(app: &App, jobs: &[Job]) -> Failures {
     }))
     .await;
     let mut confirmed = Vec::with_capacity(jobs.len());
-    let mut failures = Vec::new();
-    for (i, r) in results.into_iter().enumerate() {
+    let mut failed = Vec::new();
+    for (job, r) in jobs.into_iter().zip(results) {
         match r {
-            Ok(()) => confirmed.push(i),
-            Err(e) => failures.push((i, e)),
+            Ok(()) => confirmed.push(job),
+            Err(e) => failed.push((job, e)),
         }
     }
-    app.ledger
-        .record(confirmed.iter().map(|&i| jobs[i].ledger_key));
-    count(app, jobs, &confirmed, &failures, started);
-    failures
+    app.ledger.record(confirmed.iter().map(|j| j.ledger_key));
+    count(app, &confirmed, &failed);
+    failed
+}
+
+/// Takes the permanent failures out of `failed` and returns their dead-letter jobs (none
+/// without `[dead_letter]`; a failed dead letter is never dead-lettered again).
+fn dead_letters(app: &App, failed: &mut Vec<(Job, SinkError)>) -> Vec<Job> {
+    if app.dead_letter.is_none() {
+        return Vec::new();
+    }
+    let mut diverted = Vec::new();
+    failed.retain(|(job, e)| {
+        let to = match dead_letter::classify(e) {
+            Class::Permanent(reason) if job.dead_letter.is_none() => {
+                divert(app, job, reason, e.detail())
+            }
+            _ => None,
+        };
+        let keep = to.is_none();
+        diverted.extend(to);
+        keep
+    });
+    diverted
 }
 
 fn log_outcome(webhook: &Webhook, answer: &Answer, rid: &str, started: Instant) {
@@ -251,24 +319,23 @@ fn log_outcome(webhook: &Webhook, answer: &Answer, rid: &str, started: Instant) 
     }
 }
 
-fn count(
-    app: &App,
-    jobs: &[Job],
-    confirmed: &[usize],
-    failures: &[(usize, SinkError)],
-    started: Instant,
-) {
+fn count(app: &App, confirmed: &[Job], failed: &[(Job, SinkError)]) {
     let mut per_destination: HashMap<(usize, &str), u64> = HashMap::new();
-    for &i in confirmed {
+    for j in confirmed {
         *per_destination
-            .entry((jobs[i].sink, jobs[i].msg.destination.as_str()))
+            .entry((j.sink, j.msg.destination.as_str()))
             .or_default() += 1;
+        if let Some(reason) = j.dead_letter {
+            dead_letter::confirmed(&j.msg, reason);
+        }
     }
     for ((sink, topic), n) in per_destination {
         m::events_published(app.sinks[sink].name(), topic, n);
     }
-    for (i, e) in failures {
-        m::publish_failure(app.sinks[jobs[*i].sink].name(), e.code());
+    for (j, e) in failed {
+        m::publish_failure(app.sinks[j.sink].name(), e.code());
+        if j.dead_letter.is_some() {
+            dead_letter::failed(&j.msg, e);
+        }
     }
-    m::publish_latency(started.elapsed());
 }

@@ -59,6 +59,11 @@ pub fn publish_latency(d: Duration) {
     histogram!("c360_publish_seconds").record(d.as_secs_f64());
 }
 
+/// An event confirmed at the dead-letter destination instead of its own (SPEC §10).
+pub fn dead_lettered(reason: &'static str) {
+    counter!("c360_events_dead_lettered_total", "reason" => reason).increment(1);
+}
+
 pub fn ledger_skip(sink: &str) {
     counter!("c360_ledger_skips_total", "sink" => sink.to_owned()).increment(1);
 }

@@ -212,7 +212,11 @@ impl Template {
     /// letters, digits, '.', '_', '-' and not "." or ".."; an AMQP routing key is at most 255
     /// bytes).
     pub fn destination(&self, event: &Event, webhook: &str) -> Result<String, String> {
-        let d = self.render_parts(&event.event_class, event.payload_class.as_deref(), webhook);
+        self.legal(self.render_parts(&event.event_class, event.payload_class.as_deref(), webhook))
+    }
+
+    /// `d`, a rendering of this template, if its broker allows it as a destination.
+    pub fn legal(&self, d: String) -> Result<String, String> {
         let legal = if self.kafka {
             (1..=249).contains(&d.len()) && d.bytes().all(kafka_topic_byte) && d != "." && d != ".."
         } else {

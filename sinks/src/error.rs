@@ -18,9 +18,34 @@ pub enum SinkError {
     /// The broker did not confirm in time.
     #[error("broker did not confirm in time: {0}")]
     Timeout(String),
-    /// The message can never be accepted as it is (e.g. larger than the broker allows).
-    #[error("message rejected permanently: {0}")]
-    Permanent(String),
+    /// The message can never be accepted as it is (e.g. larger than the broker allows):
+    /// retrying cannot help, whatever the broker's state.
+    #[error("message rejected permanently ({code}): {1}", code = .0.code())]
+    Permanent(Permanence, String),
+}
+
+/// Why a message can never be accepted as it is: only failures specific to the message itself,
+/// never a broker's or the configuration's state (those are retried).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Permanence {
+    /// The broker refuses the destination for good (an illegal topic name, a routing key over
+    /// 255 bytes).
+    IllegalDestination,
+    /// Larger than the producer or the broker accepts.
+    TooLarge,
+    /// The broker validated the record and rejected it (e.g. no key on a compacted topic).
+    InvalidRecord,
+}
+
+impl Permanence {
+    /// A short stable code (the `reason` of dead-letter metrics and headers).
+    pub fn code(self) -> &'static str {
+        match self {
+            Permanence::IllegalDestination => "illegal_destination",
+            Permanence::TooLarge => "too_large",
+            Permanence::InvalidRecord => "invalid_record",
+        }
+    }
 }
 
 impl SinkError {
@@ -32,7 +57,19 @@ impl SinkError {
             SinkError::Refused(_) => "refused",
             SinkError::Unroutable(_) => "unroutable",
             SinkError::Timeout(_) => "timeout",
-            SinkError::Permanent(_) => "permanent",
+            SinkError::Permanent(..) => "permanent",
+        }
+    }
+
+    /// The broker's or the client's own words, without the classification.
+    pub fn detail(&self) -> &str {
+        match self {
+            SinkError::Unavailable(s)
+            | SinkError::Overloaded(s)
+            | SinkError::Refused(s)
+            | SinkError::Unroutable(s)
+            | SinkError::Timeout(s)
+            | SinkError::Permanent(_, s) => s,
         }
     }
 }

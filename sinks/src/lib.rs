@@ -12,8 +12,8 @@ pub mod memory;
 mod message;
 pub mod rabbitmq;
 
-pub use error::SinkError;
-pub use message::{CONTENT_TYPE, EventMeta, Message};
+pub use error::{Permanence, SinkError};
+pub use message::{CONTENT_TYPE, DeadLetterHeaders, EventMeta, Message};
 
 use async_trait::async_trait;
 

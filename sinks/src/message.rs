@@ -17,12 +17,48 @@ pub struct EventMeta {
     pub webhook: Arc<str>,
     /// The CloudEvents attributes (SPEC §8); `None` leaves the `ce` headers out.
     pub cloudevent: Option<CloudEvent>,
+    /// Set only on a message to the dead-letter destination (SPEC §10): its extra headers.
+    pub dead_letter: Option<Box<DeadLetterHeaders>>,
+}
+
+/// What a dead-letter message says about the publish it replaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterHeaders {
+    /// `c360-dead-letter-reason`: a short code and the broker's or the bridge's text.
+    pub reason: String,
+    /// `c360-original-sink`: the sink the event was meant for.
+    pub original_sink: String,
+    /// `c360-original-destination`: the topic / routing key the event was meant for.
+    pub original_destination: String,
+    /// `c360-truncated: true` and `c360-original-bytes` when the body was cut to `max_bytes`.
+    pub original_bytes: Option<String>,
+}
+
+impl DeadLetterHeaders {
+    fn headers(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("c360-dead-letter-reason", Some(self.reason.as_str())),
+            ("c360-original-sink", Some(self.original_sink.as_str())),
+            (
+                "c360-original-destination",
+                Some(self.original_destination.as_str()),
+            ),
+            (
+                "c360-truncated",
+                self.original_bytes.as_ref().map(|_| "true"),
+            ),
+            ("c360-original-bytes", self.original_bytes.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|v| (name, v)))
+    }
 }
 
 impl EventMeta {
     /// The headers every message carries, in a fixed order (content-type is added by the sink
-    /// in the way its protocol expects).
+    /// in the way its protocol expects), then a dead-letter message's own.
     pub fn headers(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        let dead_letter = self.dead_letter.iter().flat_map(|d| d.headers());
         [
             ("c360-event-id", Some(self.id.as_str())),
             ("c360-event-class", Some(self.event_class.as_str())),
@@ -31,6 +67,7 @@ impl EventMeta {
         ]
         .into_iter()
         .filter_map(|(name, value)| value.map(|v| (name, v)))
+        .chain(dead_letter)
     }
 }
 
@@ -61,6 +98,7 @@ impl Message {
                 event_class: "task_created".into(),
                 payload_class: Some("task".into()),
                 webhook: "w".into(),
+                dead_letter: None,
                 cloudevent: Some(CloudEvent {
                     ty: "com.catalog360.task_created".into(),
                     batch: Arc::new(BatchAttributes {

@@ -2,7 +2,7 @@
 
 use crate::cloudevents;
 use crate::message::CONTENT_TYPE;
-use crate::{Message, Readiness, Sink, SinkError};
+use crate::{Message, Permanence, Readiness, Sink, SinkError};
 use async_trait::async_trait;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -217,11 +217,15 @@ impl Shared {
         }
     }
 
-    /// Remembers why a publish failed (the broker's reply text when it closed a channel).
-    fn note_error(&self, e: &lapin::Error) -> SinkError {
+    /// Remembers why a publish of a `body_len`-byte message failed (the broker's reply text
+    /// when it closed a channel) and classifies it.
+    fn note_error(&self, e: &lapin::Error, body_len: usize) -> SinkError {
         let text = e.to_string();
         if let Ok(mut last) = self.last_error.lock() {
             *last = Some(text.clone());
+        }
+        if too_large(e, body_len) {
+            return SinkError::Permanent(Permanence::TooLarge, text);
         }
         SinkError::Unavailable(text)
     }
@@ -329,6 +333,27 @@ async fn open_channels(shared: &Shared, conn: &Connection) -> Result<Vec<Channel
     Ok(channels)
 }
 
+/// Whether `e` is RabbitMQ refusing THIS message (of `body_len` bytes) as larger than its
+/// `max_message_size`. The broker closes the channel (406 PRECONDITION_FAILED, "message size N
+/// is larger than [configured] max size M") and lapin hands that error to every confirm still
+/// pending on the channel; only the message whose size is N is the one refused, the others
+/// failed with it and are transient.
+fn too_large(e: &lapin::Error, body_len: usize) -> bool {
+    let lapin::ErrorKind::ProtocolError(amqp) = e.kind() else {
+        return false;
+    };
+    if amqp.get_id() != 406 {
+        return false;
+    }
+    // The reply text reads "PRECONDITION_FAILED - message size N is larger than ...".
+    let text = amqp.get_message().as_str();
+    let size = text
+        .split_once("message size ")
+        .and_then(|(_, rest)| rest.split_once(" is larger than "))
+        .and_then(|(n, _)| n.parse::<usize>().ok());
+    size == Some(body_len)
+}
+
 fn properties(msg: &Message, cloudevents: bool) -> BasicProperties {
     let mut table = FieldTable::default();
     for (key, value) in msg.meta.headers() {
@@ -371,7 +396,7 @@ impl Sink for RabbitSink {
                 properties(msg, self.shared.cfg.cloudevents),
             )
             .await
-            .map_err(|e| self.shared.note_error(&e))?;
+            .map_err(|e| self.shared.note_error(&e, msg.body.len()))?;
         match confirm.await {
             Ok(Confirmation::Ack(None)) => Ok(()),
             Ok(Confirmation::Ack(Some(_))) => Err(SinkError::Unroutable(msg.destination.clone())),
@@ -381,7 +406,7 @@ impl Sink for RabbitSink {
             Ok(Confirmation::NotRequested) => {
                 Err(SinkError::Refused("publisher confirms are off".into()))
             }
-            Err(e) => Err(self.shared.note_error(&e)),
+            Err(e) => Err(self.shared.note_error(&e, msg.body.len())),
         }
     }
 
@@ -430,6 +455,36 @@ mod tests {
             declare_exchange: true,
             channels: 1,
             cloudevents: true,
+        }
+    }
+
+    fn closed_with(code: u16, text: &str) -> lapin::Error {
+        let amqp = lapin::protocol::AMQPError::from_id(code, text.into()).expect("known code");
+        lapin::ErrorKind::ProtocolError(amqp).into()
+    }
+
+    #[test]
+    fn only_the_message_rabbitmq_found_too_large_is_permanent() {
+        let size = closed_with(
+            406,
+            "PRECONDITION_FAILED - message size 3000 is larger than configured max size 2000",
+        );
+        assert!(too_large(&size, 3000));
+        // The other confirms pending on the closed channel get the same error: transient.
+        assert!(!too_large(&size, 120));
+        let default_max = closed_with(
+            406,
+            "PRECONDITION_FAILED - message size 3000 is larger than max size 2000",
+        );
+        assert!(too_large(&default_max, 3000));
+        // Other channel closes and a dropped connection: transient (the link is rebuilt).
+        for e in [
+            closed_with(406, "PRECONDITION_FAILED - inequivalent arg 'durable'"),
+            closed_with(404, "NOT_FOUND - no exchange 'x' in vhost '/'"),
+            closed_with(403, "ACCESS_REFUSED - write access to exchange 'x' refused"),
+            lapin::ErrorKind::MissingHeartbeatError.into(),
+        ] {
+            assert!(!too_large(&e, 3000), "{e}");
         }
     }
 

@@ -48,7 +48,15 @@ struct Load {
     /// carry the same event (the bridge's ledger would skip repeats).
     #[arg(long, default_value_t = 64)]
     pool: usize,
+    /// `http` only: every N-th event of a batch gets the class `bench/poison`, whose topic
+    /// (`catalog360.bench/poison`) Kafka does not allow, so a bridge with `[dead_letter]` sends
+    /// it there (0 = none).
+    #[arg(long, default_value_t = 0)]
+    poison_every: usize,
 }
+
+/// The event class of `--poison-every` events.
+const POISON_CLASS: &str = "bench/poison";
 
 #[derive(Subcommand)]
 enum Mode {
@@ -220,7 +228,12 @@ impl Template {
     fn new(load: &Load, n: u64) -> Result<Self> {
         let events: Vec<serde_json::Value> = (0..load.batch_size)
             .map(|i| {
-                let class = c360_bridge::routing::KNOWN_EVENT_CLASSES[i % 11];
+                let poison = load.poison_every > 0 && (i + 1) % load.poison_every == 0;
+                let class = if poison {
+                    POISON_CLASS
+                } else {
+                    c360_bridge::routing::KNOWN_EVENT_CLASSES[i % 11]
+                };
                 let mut ev = sample::event(
                     class,
                     n * load.batch_size as u64 + i as u64,
@@ -318,6 +331,7 @@ fn messages(
                 payload_class: e.payload_class.clone(),
                 webhook: webhook.clone(),
                 cloudevent: Some(ce.event(&e.event_class)),
+                dead_letter: None,
             }),
         })
         .collect())
@@ -388,6 +402,7 @@ fn report(mode: &str, load: &Load, tallies: Vec<Tally>, elapsed: Duration) -> se
         "target_rate": load.rate,
         "batch_size": load.batch_size,
         "event_size": load.event_size,
+        "poison_every": load.poison_every,
         "seconds": secs,
         "ok_batches": lat.len(),
         "batches_per_s": lat.len() as f64 / secs,

@@ -5,6 +5,7 @@
 mod asyncapi;
 mod cli;
 mod consumers;
+mod dead_letter;
 mod faults;
 mod harness;
 mod healing;

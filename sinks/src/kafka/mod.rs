@@ -6,7 +6,7 @@ mod supervisor;
 
 use crate::cloudevents;
 use crate::message::CONTENT_TYPE;
-use crate::{Message, Readiness, Sink, SinkError};
+use crate::{Message, Permanence, Readiness, Sink, SinkError};
 use async_trait::async_trait;
 use generation::{Generation, Reason, Wake};
 use rdkafka::ClientConfig;
@@ -113,6 +113,22 @@ impl KafkaSink {
         let thread = self.supervisor.lock().ok()?.take()?;
         let _ = self.shared.wake.send(Wake::Stop);
         Some(thread)
+    }
+
+    /// Whether the cluster has `topic` (`None` when no broker answered within `timeout`).
+    /// Blocks; for start-up checks, not for the publish path.
+    pub fn knows_topic(&self, topic: &str, timeout: Duration) -> Option<bool> {
+        let current = self.shared.current();
+        let md = current
+            .producer
+            .client()
+            .fetch_metadata(Some(topic), timeout)
+            .ok()?;
+        let found = md
+            .topics()
+            .iter()
+            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty());
+        Some(found)
     }
 
     /// Blocks (up to `timeout`) until the cluster has answered a metadata request.
@@ -279,12 +295,20 @@ fn headers(msg: &Message, cloudevents: bool) -> OwnedHeaders {
 }
 
 /// Maps a librdkafka error to whether the bridge should tell the sender to retry.
+///
+/// Permanent only when the failure belongs to this message and no retry can change it (the
+/// README's transient/permanent table): too large for the producer's `message.max.bytes` or the
+/// broker's limit, a record the broker validated and rejected, a topic name the broker refuses.
+/// Everything else may heal (a broker back, a topic created, an ACL granted, a batch-mate's bad
+/// record: `_INVALID_DIFFERENT_RECORD`; a corrupt message: librdkafka retries `INVALID_MSG`
+/// itself) and is transient.
 fn classify(e: KafkaError) -> SinkError {
     use RDKafkaErrorCode as C;
+    let permanent = |p| SinkError::Permanent(p, e.to_string());
     match e.rdkafka_error_code() {
-        Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::InvalidMessage) => {
-            SinkError::Permanent(e.to_string())
-        }
+        Some(C::MessageSizeTooLarge) => permanent(Permanence::TooLarge),
+        Some(C::InvalidRecord) => permanent(Permanence::InvalidRecord),
+        Some(C::InvalidTopic) => permanent(Permanence::IllegalDestination),
         Some(C::QueueFull) => SinkError::Overloaded(e.to_string()),
         Some(C::MessageTimedOut) => SinkError::Timeout(e.to_string()),
         Some(C::AllBrokersDown) => SinkError::Unavailable(e.to_string()),
@@ -419,6 +443,51 @@ mod tests {
             configured_timeout(&config(&[("message.timeout.ms", "0")])),
             None
         );
+    }
+
+    #[test]
+    fn only_failures_of_the_message_itself_are_permanent() {
+        use RDKafkaErrorCode as C;
+        let class = |c| classify(KafkaError::MessageProduction(c));
+        for (code, why) in [
+            (C::MessageSizeTooLarge, Permanence::TooLarge),
+            (C::InvalidRecord, Permanence::InvalidRecord),
+            (C::InvalidTopic, Permanence::IllegalDestination),
+        ] {
+            assert!(
+                matches!(class(code), SinkError::Permanent(p, _) if p == why),
+                "{code:?}"
+            );
+        }
+        for code in [
+            C::MessageTimedOut,
+            C::AllBrokersDown,
+            C::BrokerTransportFailure,
+            C::RequestTimedOut,
+            C::QueueFull,
+            C::LeaderNotAvailable,
+            C::NotLeaderForPartition,
+            C::NotEnoughReplicas,
+            C::NotEnoughReplicasAfterAppend,
+            C::KafkaStorageError,
+            C::UnknownTopicOrPartition,
+            C::UnknownTopic,
+            C::UnknownPartition,
+            C::TopicAuthorizationFailed,
+            C::ClusterAuthorizationFailed,
+            C::InvalidDifferentRecord,
+            C::InvalidMessage,
+            C::InvalidMessageSize,
+            C::MessageBatchTooLarge,
+            C::InvalidTimestamp,
+            C::PolicyViolation,
+            C::UnsupportedCompressionType,
+        ] {
+            assert!(
+                !matches!(class(code), SinkError::Permanent(..)),
+                "{code:?} must stay transient"
+            );
+        }
     }
 
     #[test]
