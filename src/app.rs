@@ -2,7 +2,7 @@
 
 use crate::config::{Config, ConfigError, SinkConfig};
 use crate::keys::WebhookKeys;
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, RedisSetupError};
 use crate::routing::Routes;
 use c360_sinks::kafka::{KafkaSetupError, KafkaSink};
 use c360_sinks::rabbitmq::{RabbitSetupError, RabbitSink};
@@ -58,6 +58,8 @@ pub enum BuildError {
         name: String,
         source: RabbitSetupError,
     },
+    #[error(transparent)]
+    Ledger(#[from] RedisSetupError),
 }
 
 /// The answer deadline and librdkafka's `message.timeout.ms`, both derived from `ack_timeout`.
@@ -119,7 +121,7 @@ impl App {
             webhooks,
             routes,
             sinks,
-            ledger: Ledger::new(config.ledger.max_entries, config.ledger.ttl),
+            ledger: Ledger::from_config(&config.ledger)?,
             in_flight: Arc::new(Semaphore::new(config.server.max_in_flight_batches)),
             max_body_bytes: config.server.max_body_bytes,
             answer_deadline,

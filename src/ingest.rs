@@ -78,12 +78,12 @@ async fn ingest(
             Err(Rejection::TestKeyWithEvents)
         };
     }
-    let jobs = plan(app, webhook, &body, &events)?;
+    let jobs = unconfirmed(app, plan(app, webhook, &body, &events)?).await;
     publish(app, jobs, permit, deadline).await?;
     Ok(events.len())
 }
 
-/// Turns events into one job per (event, target), leaving out pairs the ledger has confirmed.
+/// Turns events into one job per (event, target).
 /// An event without a legal destination rejects the whole batch before anything is published.
 fn plan(
     app: &App,
@@ -114,7 +114,7 @@ fn plan(
             jobs.push(event_job(index, event, &id, t, &meta, &raw)?);
         }
     }
-    Ok(unconfirmed(app, jobs))
+    Ok(jobs)
 }
 
 /// The job that publishes event `index` (its bytes `raw`, its headers `meta`) to target `t`.
@@ -151,11 +151,12 @@ fn event_job(
 }
 
 /// The jobs whose (event, sink) pair the ledger has no confirm for; counts the skipped ones.
-fn unconfirmed(app: &App, mut jobs: Vec<Job>) -> Vec<Job> {
-    let mut seen = app
-        .ledger
-        .seen(jobs.iter().map(|j| j.ledger_key))
-        .into_iter();
+async fn unconfirmed(app: &App, mut jobs: Vec<Job>) -> Vec<Job> {
+    if jobs.is_empty() {
+        return jobs;
+    }
+    let pairs: Vec<ledger::Pair> = jobs.iter().map(|j| pair(app, j)).collect();
+    let mut seen = app.ledger.seen(&pairs).await.into_iter();
     jobs.retain(|j| {
         let skip = seen.next().unwrap_or(false);
         if skip {
@@ -164,6 +165,16 @@ fn unconfirmed(app: &App, mut jobs: Vec<Job>) -> Vec<Job> {
         !skip
     });
     jobs
+}
+
+/// The ledger's view of a job: its (event, sink) pair.
+fn pair<'a>(app: &'a App, j: &'a Job) -> ledger::Pair<'a> {
+    ledger::Pair {
+        key: j.ledger_key,
+        webhook: &j.msg.meta.webhook,
+        event_id: &j.msg.meta.id,
+        sink: app.sinks[j.sink].name(),
+    }
 }
 
 /// The jobs of a batch that were not confirmed (index into the jobs, and why).
@@ -228,8 +239,8 @@ async fn publish_all(app: &App, jobs: &[Job]) -> Failures {
             Err(e) => failures.push((i, e)),
         }
     }
-    app.ledger
-        .record(confirmed.iter().map(|&i| jobs[i].ledger_key));
+    let pairs: Vec<ledger::Pair> = confirmed.iter().map(|&i| pair(app, &jobs[i])).collect();
+    app.ledger.record(&pairs).await;
     count(app, jobs, &confirmed, &failures, started);
     failures
 }

@@ -10,4 +10,6 @@ mod kafka;
 mod keys;
 mod partition;
 mod rabbit;
+mod redis_server;
+mod replicas;
 mod tansu;
