@@ -95,7 +95,9 @@ async fn resend_elsewhere(scenario: &str, ledger: &str, resend: Resend) -> Outco
     };
     eprintln!(
         "DUP-TABLE | {scenario} ({resend:?}) | events {EVENTS} | Kafka duplicates {} | queue duplicates {} | skips counted by the replica that got the resend {}",
-        outcome.kafka_duplicates, outcome.queue_duplicates, outcome.skips
+        outcome.kafka_duplicates,
+        outcome.queue_duplicates,
+        outcome.skips + 0.0
     );
     outcome
 }
