@@ -1,23 +1,31 @@
 #!/usr/bin/env bash
 # Benchmarks the bridge against the direct-producer ceiling on the same broker:
-# Kafka (tansu), Kafka (librdkafka mock cluster, via `c360-bridge dev`) and RabbitMQ.
+# Kafka (tansu), Kafka (librdkafka mock cluster, via `c360-bridge dev`) and RabbitMQ; and the cost
+# of the Redis retry ledger (`ledger`): the same bridge on tansu with the memory ledger and with
+# the Redis ledger, alternating, then the Redis ledger at half of its rate (p99 there).
 # For each: ROUNDS alternating runs of the bridge and of the direct producer at full load (the
 # table shows the median run of each), then the bridge at half of its median rate (p99 there),
 # and the peak RSS of the bridge; then 1-event batches on tansu (requests/s).
 # Knobs: DURATION (10s), ROUNDS (3), CONCURRENCY (8), BATCH (100), EVENT_SIZE (1024),
 # WORKERS (1: the async runtime threads of the bridge and, to compare like with like, of the
 # direct producer; 0 = one per core). The HTTP load generator keeps one thread per core.
+# SCENARIOS (default "kafka-tansu rabbitmq kafka-mock ledger") picks what runs; C360_KAFKA_PORT
+# and C360_STATE put the benchmark's tansu on a port of its own (scripts/brokers.sh), BENCH_PORT
+# the bridge (18181); C360_REDIS_PORT the Redis of the ledger scenario (6379).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-10s}"; ROUNDS="${ROUNDS:-3}"; WORKERS="${WORKERS:-1}"
 CONCURRENCY="${CONCURRENCY:-8}"; BATCH="${BATCH:-100}"; EVENT_SIZE="${EVENT_SIZE:-1024}"
 OUT="${BENCH_OUT:-target/bench}"; mkdir -p "$OUT"
+SCENARIOS="${SCENARIOS:-kafka-tansu rabbitmq kafka-mock ledger}"
+KAFKA_PORT="${C360_KAFKA_PORT:-9092}"; REDIS_URL="redis://127.0.0.1:${C360_REDIS_PORT:-6379}/0"
+want() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 # A separate assignment, so that `set -e` stops here when a broker cannot start.
 brokers_env=$(scripts/brokers.sh start)
 eval "$brokers_env"
 cargo build --release --locked --bins >&2
 BIN=target/release/c360-bridge; LG=target/release/c360-loadgen; DIRECT="$LG --worker-threads $WORKERS"
-KEY=bench-key; PORT=18181
+KEY=bench-key; PORT="${BENCH_PORT:-18181}"
 PID=""; trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null || true' EXIT # no bridge outlives a failure
 # Results of earlier invocations (other ROUNDS, older binaries) must not enter this table.
 rm -f "$OUT"/*.json "$OUT"/*-rss
@@ -37,7 +45,7 @@ PY
 }
 half_rate() { get "$OUT/$1-http.json" "d['batches_per_s']/2"; }
 
-# serve NAME SINK_TOML: writes a config and starts the bridge; sets $PID.
+# serve NAME SINK_TOML [MORE_TOML]: writes a config and starts the bridge; sets $PID.
 serve() {
   cat >"$OUT/$1.toml" <<TOML
 [server]
@@ -53,6 +61,7 @@ $2
 [[routes]]
 match = "*"
 sinks = ["s"]
+${3:-}
 TOML
   $BIN serve --config "$OUT/$1.toml" 2>"$OUT/$1.log" & PID=$!
   wait_ready "127.0.0.1:$PORT"
@@ -68,19 +77,20 @@ hook() { echo --url "http://127.0.0.1:$PORT/hook" --key "$KEY"; }
 
 TANSU_SINK='[sinks.s]
 type = "kafka"
-bootstrap_servers = "127.0.0.1:9092"
+bootstrap_servers = "127.0.0.1:$KAFKA_PORT"
 [sinks.s.librdkafka]
 "compression.type" = "none"'
 
 # Kafka on tansu: every run gets an empty tansu (its memory storage keeps all it was sent, and
 # slows down as it grows) and, for the bridge, a fresh bridge process.
 fresh_tansu() { scripts/brokers.sh restart-kafka; }
+if want kafka-tansu; then
 rm -f "$OUT"/*-rss
 for r in $(seq 1 "$ROUNDS"); do
   fresh_tansu; serve kafka-tansu "$TANSU_SINK"
   $LG http $(hook) $(load) >"$OUT/kafka-tansu-http-$r.json"
   stop kafka-tansu
-  fresh_tansu; $DIRECT direct-kafka --bootstrap 127.0.0.1:9092 --prefix catalog360 $(load) >"$OUT/kafka-tansu-direct-$r.json"
+  fresh_tansu; $DIRECT direct-kafka --bootstrap 127.0.0.1:$KAFKA_PORT --prefix catalog360 $(load) >"$OUT/kafka-tansu-direct-$r.json"
 done
 median kafka-tansu http; median kafka-tansu direct
 fresh_tansu; serve kafka-tansu "$TANSU_SINK"
@@ -89,12 +99,14 @@ stop kafka-tansu
 fresh_tansu; serve one-event "$TANSU_SINK"
 $LG http $(hook) $(load 1) >"$OUT/one-event-http.json"
 stop one-event
-fresh_tansu; $DIRECT direct-kafka --bootstrap 127.0.0.1:9092 --prefix catalog360 $(load 1) >"$OUT/one-event-direct.json"
+fresh_tansu; $DIRECT direct-kafka --bootstrap 127.0.0.1:$KAFKA_PORT --prefix catalog360 $(load 1) >"$OUT/one-event-direct.json"
 fresh_tansu
+fi
 
 # RabbitMQ (a bounded queue bound with # makes the messages routable; emptied before each run,
 # because how full it is changes how fast RabbitMQ takes more).
 purge() { rabbitmqctl -q purge_queue c360-bench >/dev/null 2>&1 || true; }
+if want rabbitmq; then
 serve rabbitmq '[sinks.s]
 type = "rabbitmq"
 url = "amqp://guest:guest@127.0.0.1:5672/%2f"
@@ -106,9 +118,11 @@ done
 median rabbitmq http; median rabbitmq direct
 purge; $LG http $(hook) $(load) --rate "$(half_rate rabbitmq)" >"$OUT/rabbitmq-half.json"
 stop rabbitmq
+fi
 
 # Kafka on the mock cluster: `dev` embeds it (its route keys messages by /payload/new/id, so the
 # direct run does too); the direct run produces to the same cluster.
+if want kafka-mock; then
 $BIN dev --listen 127.0.0.1:18182 --worker-threads "$WORKERS" >"$OUT/dev.out" 2>"$OUT/dev.log" & PID=$!
 wait_ready 127.0.0.1:18182
 BOOT=$(awk -F': ' '/Kafka bootstrap/ {print $2}' "$OUT/dev.out"); DKEY=$(awk -F': ' '/Demo key/ {print $2}' "$OUT/dev.out")
@@ -120,11 +134,36 @@ median kafka-mock http; median kafka-mock direct
 $LG http --url http://127.0.0.1:18182/webhooks/catalog360 --key "$DKEY" $(load) --rate "$(half_rate kafka-mock)" >"$OUT/kafka-mock-half.json"
 peak_rss_mib $PID >"$OUT/kafka-mock-rss"
 kill -INT $PID; wait $PID || true
+fi
+
+# The Redis retry ledger against the memory ledger: the same bridge, sink and load on an empty
+# tansu, alternating; a key prefix of each run's own, so no run skips what an earlier one sent.
+ledger_toml() { printf '[ledger]\nbackend = "redis"\nurl = "%s"\nkey_prefix = "c360-bench:%s:"\nttl = "5m"\n' "$REDIS_URL" "$1"; }
+if want ledger; then
+  [ "$(redis-cli -u "$REDIS_URL" ping 2>/dev/null)" = PONG ] || { echo "no Redis at $REDIS_URL" >&2; exit 1; }
+  for r in $(seq 1 "$ROUNDS"); do
+    fresh_tansu; serve ledger-memory "$TANSU_SINK"
+    $LG http $(hook) $(load) >"$OUT/ledger-memory-http-$r.json"
+    stop ledger-memory
+    fresh_tansu; serve ledger-redis "$TANSU_SINK" "$(ledger_toml "$$-$r")"
+    $LG http $(hook) $(load) >"$OUT/ledger-redis-http-$r.json"
+    stop ledger-redis
+  done
+  median ledger-memory http; median ledger-redis http
+  for l in memory redis; do
+    fresh_tansu; serve "ledger-$l" "$TANSU_SINK" "$([ $l = redis ] && ledger_toml "$$-half" || true)"
+    $LG http $(hook) $(load) --rate "$(half_rate "ledger-$l")" >"$OUT/ledger-$l-half.json"
+    stop "ledger-$l"
+  done
+  fresh_tansu
+fi
 
 printf '\n%s, %s cores, %s B events, concurrency %s, %s per run, median of %s rounds, worker threads %s\n\n' \
   "$(date -u +%F)" "$(nproc)" "$EVENT_SIZE" "$CONCURRENCY" "$DURATION" "$ROUNDS" "$WORKERS"
+brokers=""; for b in kafka-tansu rabbitmq kafka-mock; do want "$b" && brokers="$brokers $b"; done
+if [ -n "$brokers" ]; then
 printf '| broker, %s-event batches | bridge events/s | direct events/s | ratio | bridge p99 ms (full) | direct p99 ms | bridge p99 ms at half rate | non-200 | bridge peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|\n' "$BATCH"
-for b in kafka-tansu rabbitmq kafka-mock; do
+for b in $brokers; do
   h="$OUT/$b-http.json"; d="$OUT/$b-direct.json"; f="$OUT/$b-half.json"
   printf '| %s | %.0f | %.0f | %.2f | %s | %s | %s (at %.0f ev/s) | %s | %s |\n' "$b" \
     "$(get "$h" "d['events_per_s']")" "$(get "$d" "d['events_per_s']")" \
@@ -135,11 +174,31 @@ for b in kafka-tansu rabbitmq kafka-mock; do
     "$(cat "$OUT/$b-rss")"
 done
 printf '\nAll rounds (events/s): '
-for b in kafka-tansu rabbitmq kafka-mock; do
+for b in $brokers; do
   printf '%s bridge %s, direct %s; ' "$b" \
     "$(python3 -c "import glob, json; print(' '.join('%.0f' % json.load(open(p))['events_per_s'] for p in sorted(glob.glob('$OUT/$b-http-[0-9]*.json'))))")" \
     "$(python3 -c "import glob, json; print(' '.join('%.0f' % json.load(open(p))['events_per_s'] for p in sorted(glob.glob('$OUT/$b-direct-[0-9]*.json'))))")"
 done
-printf '\n\n1-event batches on tansu: bridge %.0f requests/s (p99 %s ms), direct %.0f batches/s (p99 %s ms)\n' \
+printf '\n'
+fi
+if want kafka-tansu; then
+printf '\n1-event batches on tansu: bridge %.0f requests/s (p99 %s ms), direct %.0f batches/s (p99 %s ms)\n' \
   "$(get "$OUT/one-event-http.json" "d['batches_per_s']")" "$(get "$OUT/one-event-http.json" "d['latency_ms']['p99']")" \
   "$(get "$OUT/one-event-direct.json" "d['batches_per_s']")" "$(get "$OUT/one-event-direct.json" "d['latency_ms']['p99']")"
+fi
+if want ledger; then
+  m="$OUT/ledger-memory-http.json"
+  printf '\n| retry ledger, kafka-tansu, %s-event batches | bridge events/s | vs memory ledger | p99 ms (full) | p99 ms at half rate | non-200 | peak RSS MiB |\n|---|---|---|---|---|---|---|\n' "$BATCH"
+  for l in memory redis; do
+    h="$OUT/ledger-$l-http.json"; f="$OUT/ledger-$l-half.json"
+    printf '| %s | %.0f | %.2f | %s | %s (at %.0f ev/s) | %s | %s |\n' "$l" \
+      "$(get "$h" "d['events_per_s']")" \
+      "$(python3 -c "import json; h=json.load(open('$h')); m=json.load(open('$m')); print(h['events_per_s']/max(m['events_per_s'],1))")" \
+      "$(get "$h" "d['latency_ms']['p99']")" "$(get "$f" "d['latency_ms']['p99']")" "$(get "$f" "d['events_per_s']")" \
+      "$(python3 -c "import glob, json; print(sum(sum(json.load(open(p))['failures'].values()) for p in glob.glob('$OUT/ledger-$l-http-*.json') + ['$f']))")" \
+      "$(cat "$OUT/ledger-$l-rss")"
+  done
+  printf '\nAll rounds (events/s): memory ledger %s; Redis ledger %s\n' \
+    "$(python3 -c "import glob, json; print(' '.join('%.0f' % json.load(open(p))['events_per_s'] for p in sorted(glob.glob('$OUT/ledger-memory-http-[0-9]*.json'))))")" \
+    "$(python3 -c "import glob, json; print(' '.join('%.0f' % json.load(open(p))['events_per_s'] for p in sorted(glob.glob('$OUT/ledger-redis-http-[0-9]*.json'))))")"
+fi
