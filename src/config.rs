@@ -289,7 +289,7 @@ fn resolve_keys(config: &mut Config, file: Option<&Path>) -> Result<(), ConfigEr
 
 fn validate(config: &Config, file: Option<&Path>) -> Result<(), ConfigError> {
     validate_server(&config.server, file)?;
-    if let Some((key, problem)) = ledger_problem(&config.ledger) {
+    if let Some((key, problem)) = ledger_problem(&config.ledger, config.server.ack_timeout) {
         return Err(invalid(file, format!("ledger.{key}"), problem));
     }
     for (name, sink) in &config.sinks {
@@ -318,15 +318,19 @@ fn validate(config: &Config, file: Option<&Path>) -> Result<(), ConfigError> {
 
 /// What is wrong with `[ledger]` (its key and the problem), if anything. The URL is never
 /// quoted: it may hold a password.
-fn ledger_problem(l: &LedgerConfig) -> Option<(&'static str, String)> {
+fn ledger_problem(l: &LedgerConfig, ack_timeout: Duration) -> Option<(&'static str, String)> {
     if l.ttl < Duration::from_millis(1) {
         return Some(("ttl", "must be at least 1ms".into()));
     }
     if l.backend == LedgerBackend::Memory {
         return None;
     }
-    if l.timeout < Duration::from_millis(1) {
-        return Some(("timeout", "must be at least 1ms".into()));
+    if l.timeout < Duration::from_millis(1) || l.timeout * 4 > ack_timeout {
+        // A batch may wait for a read and a write: both must leave the brokers most of the time.
+        return Some((
+            "timeout",
+            "must be at least 1ms and at most a quarter of server.ack_timeout".into(),
+        ));
     }
     if !(l.url.starts_with("redis://") || l.url.starts_with("rediss://")) {
         return Some(("url", "must start with redis:// or rediss://".into()));
@@ -425,6 +429,26 @@ mod tests {
             );
             Ok(())
         });
+    }
+
+    #[test]
+    fn a_bad_redis_ledger_is_named_without_its_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        let base = "[[webhooks]]\nname = \"w\"\npath = \"/h\"\nkeys = [\"k\"]\n[ledger]\nbackend = \"redis\"\n";
+        for (extra, key) in [
+            ("url = \"http://user:s3cret@host/\"\n", "ledger.url"),
+            (
+                "url = \"redis://user:s3cret@host:notaport/\"\n",
+                "ledger.url",
+            ),
+            ("timeout = \"10s\"\n", "ledger.timeout"),
+        ] {
+            std::fs::write(&cfg, format!("{base}{extra}")).unwrap();
+            let err = load(Some(&cfg)).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+            assert!(!err.contains("s3cret"), "{err}");
+        }
     }
 
     #[test]

@@ -151,9 +151,14 @@ impl RedisLedger {
         &self,
         f: impl Future<Output = Result<T, RoundTripError>>,
     ) -> Result<T, RoundTripError> {
-        tokio::time::timeout(self.timeout, f)
-            .await
-            .unwrap_or(Err(RoundTripError::Timeout(self.timeout)))
+        // The client's own response timeout (the same bound) counts as the same timeout.
+        match tokio::time::timeout(self.timeout, f).await {
+            Ok(Err(RoundTripError::Redis(e))) if e.is_timeout() => {
+                Err(RoundTripError::Timeout(self.timeout))
+            }
+            Ok(r) => r,
+            Err(_) => Err(RoundTripError::Timeout(self.timeout)),
+        }
     }
 
     /// Counts a failed round trip and keeps the health up to date.

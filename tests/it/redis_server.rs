@@ -76,6 +76,17 @@ impl RedisServer {
         }
     }
 
+    /// Sends `SIGNAME` (`STOP`, `CONT`, ...) to the server process.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "kill -{name} {pid}");
+    }
+
     /// SIGKILL: everything it held is gone.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -304,3 +304,82 @@ async fn redis_killed_under_load_changes_no_answer_and_loses_nothing() {
         .count();
     assert_eq!(copies, 1, "the event sent twice is in Kafka once");
 }
+
+/// `/readyz`'s status and JSON.
+async fn readyz(bridge: &Bridge) -> (u16, serde_json::Value) {
+    let r = reqwest::get(bridge.url("/readyz")).await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_redis_that_refuses_writes_or_hangs_costs_no_answer() {
+    let _shared = harness::SHARED_BROKERS.read().await;
+    let redis = RedisServer::start().await;
+    let topic = harness::unique("replicas-slow");
+    create_topics(&kafka(), std::slice::from_ref(&topic), 1).await;
+    let k = harness::unique("rk");
+    let toml = format!(
+        "{}{}{}{}",
+        harness::webhook_toml("slow", KEY),
+        harness::kafka_sink_toml(&k, &kafka()),
+        harness::route_all_toml(&[&k], &format!("topic = \"{topic}\"\n")),
+        redis_ledger(&redis.url(), false).replace("1s", "200ms"),
+    );
+    let bridge = Bridge::start(&toml).await;
+    let batch_of = |tag: &str| {
+        let e = harness::event("task_created", &harness::unique(tag));
+        (harness::batch(std::slice::from_ref(&e)), e)
+    };
+
+    // Refusing writes: maxmemory reached with the default noeviction policy (OOM on SET).
+    redis_server::cli(redis.port, &["config", "set", "maxmemory", "1"]);
+    let (full, full_event) = batch_of("full");
+    let r = post(&bridge.url("/hook"), &full, Some(KEY)).await;
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    let (status, json) = readyz(&bridge).await;
+    assert_eq!(
+        (status, &json["ledger"]),
+        (200, &serde_json::json!("degraded"))
+    );
+    assert!(
+        json["ledger_error"].as_str().unwrap().contains("OOM"),
+        "{json}"
+    );
+    redis_server::cli(redis.port, &["config", "set", "maxmemory", "0"]);
+    // Its confirmation was not recorded: the resend publishes it again (at least once), and is
+    // recorded this time, so a third send is skipped.
+    for _ in 0..2 {
+        let r = post(&bridge.url("/hook"), &full, Some(KEY)).await;
+        assert_eq!(r.status, 200, "{:?}", r.json);
+    }
+    assert_eq!(readyz(&bridge).await.1["ledger"], "ok");
+
+    // Hanging: the server stopped (SIGSTOP) answers nothing; each round trip ends at the timeout.
+    redis.signal("STOP");
+    let (hung, hung_event) = batch_of("hung");
+    let started = Instant::now();
+    let r = post(&bridge.url("/hook"), &hung, Some(KEY)).await;
+    let took = started.elapsed();
+    redis.signal("CONT");
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    let (status, json) = readyz(&bridge).await;
+    assert_eq!(status, 200);
+    assert!(
+        json["ledger_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no answer"),
+        "{json}"
+    );
+    eprintln!("a batch while Redis hung (timeout 200ms): answered 200 in {took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+
+    let records = harness::consume(&kafka(), &topic, 1).await;
+    let count = |e: &String| records.iter().filter(|r| r.payload == e.as_bytes()).count();
+    assert_eq!(
+        count(&full_event),
+        2,
+        "published, republished once (not recorded), then skipped"
+    );
+    assert_eq!(count(&hung_event), 1);
+}
