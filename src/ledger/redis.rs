@@ -268,4 +268,39 @@ mod tests {
         assert_eq!(l.seen(&[pair, pair]).await, vec![false, false]);
         assert!(matches!(l.health(), Health::Degraded(_)));
     }
+
+    #[tokio::test]
+    async fn a_tls_url_reaches_the_handshake_and_fails_without_panicking() {
+        // A listener that is no TLS server: the rediss:// client must build its TLS settings
+        // (system roots, the process's rustls provider) and then fail the handshake cleanly.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                use tokio::io::AsyncWriteExt;
+                let _ = s.write_all(b"-ERR not tls\r\n").await;
+            }
+        });
+        for cluster in [false, true] {
+            let config = LedgerConfig {
+                url: format!("rediss://127.0.0.1:{port}/0"),
+                cluster,
+                timeout: Duration::from_millis(500),
+                ..LedgerConfig::default()
+            };
+            let l = RedisLedger::new(&config).unwrap();
+            let pair = Pair {
+                key: 1,
+                webhook: "wh",
+                event_id: "e",
+                sink: "s",
+            };
+            assert_eq!(l.seen(&[pair]).await, vec![false]);
+            let Health::Degraded(why) = l.health() else {
+                panic!("not degraded: {:?}", l.health())
+            };
+            eprintln!("rediss:// to a server that is no TLS server (cluster = {cluster}): {why}");
+            assert!(!why.contains("no answer"), "{why}");
+        }
+    }
 }
