@@ -75,11 +75,11 @@ stop() {
 }
 hook() { echo --url "http://127.0.0.1:$PORT/hook" --key "$KEY"; }
 
-TANSU_SINK='[sinks.s]
-type = "kafka"
-bootstrap_servers = "127.0.0.1:$KAFKA_PORT"
+TANSU_SINK="[sinks.s]
+type = \"kafka\"
+bootstrap_servers = \"127.0.0.1:$KAFKA_PORT\"
 [sinks.s.librdkafka]
-"compression.type" = "none"'
+\"compression.type\" = \"none\""
 
 # Kafka on tansu: every run gets an empty tansu (its memory storage keeps all it was sent, and
 # slows down as it grows) and, for the bridge, a fresh bridge process.
