@@ -1,29 +1,36 @@
 #!/usr/bin/env bash
 # Benchmarks the bridge against the direct-producer ceiling on the same broker:
-# Kafka (tansu), Kafka (librdkafka mock cluster, via `c360-bridge dev`) and RabbitMQ.
+# Kafka (tansu), Kafka (librdkafka mock cluster, via `c360-bridge dev`) and RabbitMQ; and the cost
+# of the Redis retry ledger (`ledger`): the same bridge on tansu with the memory ledger and with
+# the Redis ledger, alternating, then the Redis ledger at half of its rate (p99 there).
 # For each: ROUNDS alternating runs of the bridge and of the direct producer at full load (the
 # table shows the median run of each), then the bridge at half of its median rate (p99 there),
 # and the peak RSS of the bridge; then 1-event batches on tansu (requests/s). On tansu and
 # RabbitMQ every round also runs the bridge with `cloudevents = false` on its sink, so the cost
-# of the CloudEvents headers (on by default) comes from the same invocation.
+# of the CloudEvents headers (on by default) comes from the same invocation. `dead-letter`: the
+# tansu load with 1 event in POISON_EVERY (100) of an illegal class, sent to the dead letter.
+# `tls`: HTTPS against HTTP on tansu, alternating in the same rounds.
 # Knobs: DURATION (10s), ROUNDS (3), CONCURRENCY (8), BATCH (100), EVENT_SIZE (1024),
 # WORKERS (1: the async runtime threads of the bridge and, to compare like with like, of the
-# direct producer; 0 = one per core), POISON_EVERY (100: the dead-letter scenario sends 1 event
-# in POISON_EVERY with an illegal topic), C360_KAFKA_PORT (9092: tansu's port; brokers.sh starts
-# tansu there), BENCH_PORT (18181: the bridge; BENCH_PORT+1: `dev`). The HTTP load generator
-# keeps one thread per core.
+# direct producer; 0 = one per core). The HTTP load generator keeps one thread per core.
+# SCENARIOS (default "kafka-tansu rabbitmq kafka-mock ledger dead-letter tls") picks what runs; C360_KAFKA_PORT
+# and C360_STATE put the benchmark's tansu on a port of its own (scripts/brokers.sh), BENCH_PORT
+# the bridge (18181); C360_REDIS_PORT the Redis of the ledger scenario (6379).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-10s}"; ROUNDS="${ROUNDS:-3}"; WORKERS="${WORKERS:-1}"
 CONCURRENCY="${CONCURRENCY:-8}"; BATCH="${BATCH:-100}"; EVENT_SIZE="${EVENT_SIZE:-1024}"
-POISON_EVERY="${POISON_EVERY:-100}"; KAFKA="127.0.0.1:${C360_KAFKA_PORT:-9092}"
 OUT="${BENCH_OUT:-target/bench}"; mkdir -p "$OUT"
+SCENARIOS="${SCENARIOS:-kafka-tansu rabbitmq kafka-mock ledger dead-letter tls}"
+POISON_EVERY="${POISON_EVERY:-100}"
+KAFKA_PORT="${C360_KAFKA_PORT:-9092}"; REDIS_URL="redis://127.0.0.1:${C360_REDIS_PORT:-6379}/0"
+want() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 # A separate assignment, so that `set -e` stops here when a broker cannot start.
 brokers_env=$(scripts/brokers.sh start)
 eval "$brokers_env"
 cargo build --release --locked --bins >&2
 BIN=target/release/c360-bridge; LG=target/release/c360-loadgen; DIRECT="$LG --worker-threads $WORKERS"
-KEY=bench-key; PORT="${BENCH_PORT:-18181}"; DEV_PORT=$((PORT + 1))
+KEY=bench-key; PORT="${BENCH_PORT:-18181}"
 PID=""; trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null || true' EXIT # no bridge outlives a failure
 # Results of earlier invocations (other ROUNDS, older binaries) must not enter this table.
 rm -f "$OUT"/*.json "$OUT"/*-rss
@@ -43,12 +50,15 @@ PY
 }
 half_rate() { get "$OUT/$1-http.json" "d['batches_per_s']/2"; }
 
-# serve NAME SINK_TOML: writes a config and starts the bridge; sets $PID.
+# serve NAME SINK_TOML [SERVER_TOML] [MORE_TOML]: writes a config (SERVER_TOML: more [server]
+# keys and tables; MORE_TOML: tables at the end) and starts the bridge; sets $PID. Readiness is
+# polled on $READY_AT (default: $PORT).
 serve() {
   cat >"$OUT/$1.toml" <<TOML
 [server]
 listen = "127.0.0.1:$PORT"
 worker_threads = $WORKERS
+${3:-}
 [log]
 level = "warn"
 [[webhooks]]
@@ -59,9 +69,10 @@ $2
 [[routes]]
 match = "*"
 sinks = ["s"]
+${4:-}
 TOML
   $BIN serve --config "$OUT/$1.toml" 2>"$OUT/$1.log" & PID=$!
-  wait_ready "127.0.0.1:$PORT"
+  wait_ready "127.0.0.1:${READY_AT:-$PORT}"
 }
 # stop NAME: records the bridge's peak RSS (the highest over a scenario's runs) and stops it.
 stop() {
@@ -76,13 +87,14 @@ hook() { echo --url "http://127.0.0.1:$PORT/hook" --key "$KEY"; }
 NO_CE='
 cloudevents = false'
 tansu_sink() {
-  printf '[sinks.s]\ntype = "kafka"\nbootstrap_servers = "%s"%s\n[sinks.s.librdkafka]\n"compression.type" = "none"\n' "$KAFKA" "${1:-}"
+  printf '[sinks.s]\ntype = "kafka"\nbootstrap_servers = "127.0.0.1:%s"%s\n[sinks.s.librdkafka]\n"compression.type" = "none"\n' "$KAFKA_PORT" "${1:-}"
 }
 TANSU_SINK=$(tansu_sink)
 
 # Kafka on tansu: every run gets an empty tansu (its memory storage keeps all it was sent, and
 # slows down as it grows) and, for the bridge, a fresh bridge process.
 fresh_tansu() { scripts/brokers.sh restart-kafka; }
+if want kafka-tansu; then
 rm -f "$OUT"/*-rss
 for r in $(seq 1 "$ROUNDS"); do
   fresh_tansu; serve kafka-tansu "$TANSU_SINK"
@@ -91,30 +103,18 @@ for r in $(seq 1 "$ROUNDS"); do
   fresh_tansu; serve kafka-tansu-noce "$(tansu_sink "$NO_CE")"
   $LG http $(hook) $(load) >"$OUT/kafka-tansu-noce-http-$r.json"
   stop kafka-tansu-noce
-  fresh_tansu; $DIRECT direct-kafka --bootstrap "$KAFKA" --prefix catalog360 $(load) >"$OUT/kafka-tansu-direct-$r.json"
+  fresh_tansu; $DIRECT direct-kafka --bootstrap 127.0.0.1:$KAFKA_PORT --prefix catalog360 $(load) >"$OUT/kafka-tansu-direct-$r.json"
 done
 median kafka-tansu http; median kafka-tansu direct; median kafka-tansu-noce http
 fresh_tansu; serve kafka-tansu "$TANSU_SINK"
 $LG http $(hook) $(load) --rate "$(half_rate kafka-tansu)" >"$OUT/kafka-tansu-half.json"
 stop kafka-tansu
-# Dead letter on tansu: the same load with 1 event in POISON_EVERY of an illegal class, which the
-# bridge publishes to catalog360.dead-letter (created by brokers.sh); every batch must get 200.
-DL_SINK="$TANSU_SINK
-[dead_letter]
-sink = \"s\"
-topic = \"catalog360.dead-letter\""
-for r in $(seq 1 "$ROUNDS"); do
-  fresh_tansu; serve kafka-tansu-dl "$DL_SINK"
-  $LG http $(hook) $(load) --poison-every "$POISON_EVERY" >"$OUT/kafka-tansu-dl-http-$r.json"
-  curl -fs "http://127.0.0.1:$PORT/metrics" | awk '/^c360_events_dead_lettered_total/ {n += $NF} END {print n + 0}' >"$OUT/kafka-tansu-dl-lettered-$r"
-  stop kafka-tansu-dl
-done
-median kafka-tansu-dl http
 fresh_tansu; serve one-event "$TANSU_SINK"
 $LG http $(hook) $(load 1) >"$OUT/one-event-http.json"
 stop one-event
-fresh_tansu; $DIRECT direct-kafka --bootstrap "$KAFKA" --prefix catalog360 $(load 1) >"$OUT/one-event-direct.json"
+fresh_tansu; $DIRECT direct-kafka --bootstrap 127.0.0.1:$KAFKA_PORT --prefix catalog360 $(load 1) >"$OUT/one-event-direct.json"
 fresh_tansu
+fi
 
 # RabbitMQ (a bounded queue bound with # makes the messages routable; emptied before each run,
 # because how full it is changes how fast RabbitMQ takes more).
@@ -123,6 +123,7 @@ RABBIT_SINK='[sinks.s]
 type = "rabbitmq"
 url = "amqp://guest:guest@127.0.0.1:5672/%2f"
 exchange = "bench"'
+if want rabbitmq; then
 for r in $(seq 1 "$ROUNDS"); do
   purge; $DIRECT direct-rabbit --exchange bench --bind-queue c360-bench $(load) >"$OUT/rabbitmq-direct-$r.json"
   serve rabbitmq-noce "$RABBIT_SINK$NO_CE"
@@ -135,25 +136,96 @@ done
 median rabbitmq http; median rabbitmq direct; median rabbitmq-noce http
 purge; $LG http $(hook) $(load) --rate "$(half_rate rabbitmq)" >"$OUT/rabbitmq-half.json"
 stop rabbitmq
+fi
+
+# Dead letter on tansu: the same load with 1 event in POISON_EVERY of an illegal class, which the
+# bridge publishes to catalog360.dead-letter (created by brokers.sh); every batch must get 200.
+DL_TOML='[dead_letter]
+sink = "s"
+topic = "catalog360.dead-letter"'
+if want dead-letter; then
+for r in $(seq 1 "$ROUNDS"); do
+  fresh_tansu; serve kafka-tansu-dl "$TANSU_SINK" "" "$DL_TOML"
+  $LG http $(hook) $(load) --poison-every "$POISON_EVERY" >"$OUT/kafka-tansu-dl-http-$r.json"
+  curl -fs "http://127.0.0.1:$PORT/metrics" | awk '/^c360_events_dead_lettered_total/ {n += $NF} END {print n + 0}' >"$OUT/kafka-tansu-dl-lettered-$r"
+  stop kafka-tansu-dl
+done
+median kafka-tansu-dl http
+fresh_tansu
+fi
+
+# HTTPS vs HTTP on tansu, alternating in the same rounds: the same bridge, once with
+# [server.tls] (a P-256 certificate from a CA of the run, verified by the load generator) and
+# once without. Kept-alive connections, so the handshake is paid once per sender.
+if want tls; then
+TLS_DIR="$OUT/tls"; mkdir -p "$TLS_DIR"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=bench-ca \
+  -keyout "$TLS_DIR/ca.key" -out "$TLS_DIR/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
+  -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/leaf.csr" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$TLS_DIR/ext"
+openssl x509 -req -in "$TLS_DIR/leaf.csr" -CA "$TLS_DIR/ca.pem" -CAkey "$TLS_DIR/ca.key" -CAcreateserial \
+  -days 2 -extfile "$TLS_DIR/ext" -out "$TLS_DIR/cert.pem" 2>/dev/null
+TLS_SERVER="admin_listen = \"127.0.0.1:18183\"
+[server.tls]
+cert_file = \"$TLS_DIR/cert.pem\"
+key_file = \"$TLS_DIR/key.pem\""
+for r in $(seq 1 "$ROUNDS"); do
+  fresh_tansu; serve tls-plain "$TANSU_SINK"
+  $LG http $(hook) $(load) >"$OUT/tls-plain-http-$r.json"
+  stop tls-plain
+  fresh_tansu; READY_AT=18183 serve tls-https "$TANSU_SINK" "$TLS_SERVER"
+  $LG http --url "https://127.0.0.1:$PORT/hook" --key "$KEY" --ca-file "$TLS_DIR/ca.pem" $(load) >"$OUT/tls-https-http-$r.json"
+  stop tls-https
+done
+median tls-plain http; median tls-https http
+fresh_tansu
+fi
 
 # Kafka on the mock cluster: `dev` embeds it (its route keys messages by /payload/new/id, so the
 # direct run does too); the direct run produces to the same cluster.
-$BIN dev --listen 127.0.0.1:$DEV_PORT --worker-threads "$WORKERS" >"$OUT/dev.out" 2>"$OUT/dev.log" & PID=$!
-wait_ready 127.0.0.1:$DEV_PORT
+if want kafka-mock; then
+$BIN dev --listen 127.0.0.1:18182 --worker-threads "$WORKERS" >"$OUT/dev.out" 2>"$OUT/dev.log" & PID=$!
+wait_ready 127.0.0.1:18182
 BOOT=$(awk -F': ' '/Kafka bootstrap/ {print $2}' "$OUT/dev.out"); DKEY=$(awk -F': ' '/Demo key/ {print $2}' "$OUT/dev.out")
 for r in $(seq 1 "$ROUNDS"); do
-  $LG http --url http://127.0.0.1:$DEV_PORT/webhooks/catalog360 --key "$DKEY" $(load) >"$OUT/kafka-mock-http-$r.json"
+  $LG http --url http://127.0.0.1:18182/webhooks/catalog360 --key "$DKEY" $(load) >"$OUT/kafka-mock-http-$r.json"
   $DIRECT direct-kafka --bootstrap "$BOOT" --prefix catalog360 --key-pointer /payload/new/id $(load) >"$OUT/kafka-mock-direct-$r.json"
 done
 median kafka-mock http; median kafka-mock direct
-$LG http --url http://127.0.0.1:$DEV_PORT/webhooks/catalog360 --key "$DKEY" $(load) --rate "$(half_rate kafka-mock)" >"$OUT/kafka-mock-half.json"
+$LG http --url http://127.0.0.1:18182/webhooks/catalog360 --key "$DKEY" $(load) --rate "$(half_rate kafka-mock)" >"$OUT/kafka-mock-half.json"
 peak_rss_mib $PID >"$OUT/kafka-mock-rss"
 kill -INT $PID; wait $PID || true
+fi
+
+# The Redis retry ledger against the memory ledger: the same bridge, sink and load on an empty
+# tansu, alternating; a key prefix of each run's own, so no run skips what an earlier one sent.
+ledger_toml() { printf '[ledger]\nbackend = "redis"\nurl = "%s"\nkey_prefix = "c360-bench:%s:"\nttl = "5m"\n' "$REDIS_URL" "$1"; }
+if want ledger; then
+  [ "$(redis-cli -u "$REDIS_URL" ping 2>/dev/null)" = PONG ] || { echo "no Redis at $REDIS_URL" >&2; exit 1; }
+  for r in $(seq 1 "$ROUNDS"); do
+    fresh_tansu; serve ledger-memory "$TANSU_SINK"
+    $LG http $(hook) $(load) >"$OUT/ledger-memory-http-$r.json"
+    stop ledger-memory
+    fresh_tansu; serve ledger-redis "$TANSU_SINK" "" "$(ledger_toml "$$-$r")"
+    $LG http $(hook) $(load) >"$OUT/ledger-redis-http-$r.json"
+    stop ledger-redis
+  done
+  median ledger-memory http; median ledger-redis http
+  for l in memory redis; do
+    fresh_tansu; serve "ledger-$l" "$TANSU_SINK" "" "$([ $l = redis ] && ledger_toml "$$-half" || true)"
+    $LG http $(hook) $(load) --rate "$(half_rate "ledger-$l")" >"$OUT/ledger-$l-half.json"
+    stop "ledger-$l"
+  done
+  fresh_tansu
+fi
 
 printf '\n%s, %s cores, %s B events, concurrency %s, %s per run, median of %s rounds, worker threads %s\n\n' \
   "$(date -u +%F)" "$(nproc)" "$EVENT_SIZE" "$CONCURRENCY" "$DURATION" "$ROUNDS" "$WORKERS"
+brokers=""; for b in kafka-tansu rabbitmq kafka-mock; do want "$b" && brokers="$brokers $b"; done
+if [ -n "$brokers" ]; then
 printf '| broker, %s-event batches | bridge events/s | direct events/s | ratio | bridge p99 ms (full) | direct p99 ms | bridge p99 ms at half rate | non-200 | bridge peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|\n' "$BATCH"
-for b in kafka-tansu rabbitmq kafka-mock; do
+for b in $brokers; do
   h="$OUT/$b-http.json"; d="$OUT/$b-direct.json"; f="$OUT/$b-half.json"
   printf '| %s | %.0f | %.0f | %.2f | %s | %s | %s (at %.0f ev/s) | %s | %s |\n' "$b" \
     "$(get "$h" "d['events_per_s']")" "$(get "$d" "d['events_per_s']")" \
@@ -164,20 +236,35 @@ for b in kafka-tansu rabbitmq kafka-mock; do
     "$(cat "$OUT/$b-rss")"
 done
 printf '\nAll rounds (events/s): '
-for b in kafka-tansu rabbitmq kafka-mock; do
+for b in $brokers; do
   printf '%s bridge %s, direct %s; ' "$b" \
     "$(python3 -c "import glob, json; print(' '.join('%.0f' % json.load(open(p))['events_per_s'] for p in sorted(glob.glob('$OUT/$b-http-[0-9]*.json'))))")" \
     "$(python3 -c "import glob, json; print(' '.join('%.0f' % json.load(open(p))['events_per_s'] for p in sorted(glob.glob('$OUT/$b-direct-[0-9]*.json'))))")"
 done
-printf '\n\nDead letter on tansu, 1 event in %s to the dead letter (median round): bridge %.0f events/s, p99 %s ms, non-200 %s, dead-lettered per round %s (events of 200s / %s: %s), peak RSS %s MiB' \
-  "$POISON_EVERY" "$(get "$OUT/kafka-tansu-dl-http.json" "d['events_per_s']")" "$(get "$OUT/kafka-tansu-dl-http.json" "d['latency_ms']['p99']")" \
-  "$(python3 -c "import glob, json; print(sum(sum(json.load(open(p))['failures'].values()) for p in glob.glob('$OUT/kafka-tansu-dl-http-*.json')))")" \
-  "$(cat "$OUT"/kafka-tansu-dl-lettered-* | tr '\n' ' ')" "$POISON_EVERY" \
-  "$(python3 -c "import glob, json; print(' '.join(str(json.load(open(p))['ok_batches'] * $BATCH // $POISON_EVERY) for p in sorted(glob.glob('$OUT/kafka-tansu-dl-http-[0-9]*.json'))))")" \
-  "$(cat "$OUT/kafka-tansu-dl-rss")"
-printf '\n\n1-event batches on tansu: bridge %.0f requests/s (p99 %s ms), direct %.0f batches/s (p99 %s ms)\n' \
+printf '\n'
+fi
+if want kafka-tansu; then
+printf '\n1-event batches on tansu: bridge %.0f requests/s (p99 %s ms), direct %.0f batches/s (p99 %s ms)\n' \
   "$(get "$OUT/one-event-http.json" "d['batches_per_s']")" "$(get "$OUT/one-event-http.json" "d['latency_ms']['p99']")" \
   "$(get "$OUT/one-event-direct.json" "d['batches_per_s']")" "$(get "$OUT/one-event-direct.json" "d['latency_ms']['p99']")"
+fi
+if want ledger; then
+  m="$OUT/ledger-memory-http.json"
+  printf '\n| retry ledger, kafka-tansu, %s-event batches | bridge events/s | vs memory ledger | p99 ms (full) | p99 ms at half rate | non-200 | peak RSS MiB |\n|---|---|---|---|---|---|---|\n' "$BATCH"
+  for l in memory redis; do
+    h="$OUT/ledger-$l-http.json"; f="$OUT/ledger-$l-half.json"
+    printf '| %s | %.0f | %.2f | %s | %s (at %.0f ev/s) | %s | %s |\n' "$l" \
+      "$(get "$h" "d['events_per_s']")" \
+      "$(python3 -c "import json; h=json.load(open('$h')); m=json.load(open('$m')); print(h['events_per_s']/max(m['events_per_s'],1))")" \
+      "$(get "$h" "d['latency_ms']['p99']")" "$(get "$f" "d['latency_ms']['p99']")" "$(get "$f" "d['events_per_s']")" \
+      "$(python3 -c "import glob, json; print(sum(sum(json.load(open(p))['failures'].values()) for p in glob.glob('$OUT/ledger-$l-http-*.json') + ['$f']))")" \
+      "$(cat "$OUT/ledger-$l-rss")"
+  done
+  printf '\nAll rounds (events/s): memory ledger %s; Redis ledger %s\n' \
+    "$(python3 -c "import glob, json; print(' '.join('%.0f' % json.load(open(p))['events_per_s'] for p in sorted(glob.glob('$OUT/ledger-memory-http-[0-9]*.json'))))")" \
+    "$(python3 -c "import glob, json; print(' '.join('%.0f' % json.load(open(p))['events_per_s'] for p in sorted(glob.glob('$OUT/ledger-redis-http-[0-9]*.json'))))")"
+fi
+if want kafka-tansu && want rabbitmq; then
 printf '\nCloudEvents headers (on by default) against a sink with cloudevents = false, same invocation:\n\n'
 printf '| broker, %s-event batches | bridge events/s, CloudEvents on | bridge events/s, cloudevents = false | on/off | all rounds on | all rounds off |\n|---|---|---|---|---|---|\n' "$BATCH"
 for b in kafka-tansu rabbitmq; do
@@ -188,3 +275,21 @@ for b in kafka-tansu rabbitmq; do
     "$(python3 -c "import glob, json; print(' '.join('%.0f' % json.load(open(p))['events_per_s'] for p in sorted(glob.glob('$OUT/$b-http-[0-9]*.json'))))")" \
     "$(python3 -c "import glob, json; print(' '.join('%.0f' % json.load(open(p))['events_per_s'] for p in sorted(glob.glob('$OUT/$b-noce-http-[0-9]*.json'))))")"
 done
+fi
+if want dead-letter; then
+printf '\nDead letter on tansu, 1 event in %s to the dead letter (median round): bridge %.0f events/s, p99 %s ms, non-200 %s, dead-lettered per round %s (events of 200s / %s: %s), peak RSS %s MiB\n' \
+  "$POISON_EVERY" "$(get "$OUT/kafka-tansu-dl-http.json" "d['events_per_s']")" "$(get "$OUT/kafka-tansu-dl-http.json" "d['latency_ms']['p99']")" \
+  "$(python3 -c "import glob, json; print(sum(sum(json.load(open(p))['failures'].values()) for p in glob.glob('$OUT/kafka-tansu-dl-http-*.json')))")" \
+  "$(cat "$OUT"/kafka-tansu-dl-lettered-* | tr '\n' ' ')" "$POISON_EVERY" \
+  "$(python3 -c "import glob, json; print(' '.join(str(json.load(open(p))['ok_batches'] * $BATCH // $POISON_EVERY) for p in sorted(glob.glob('$OUT/kafka-tansu-dl-http-[0-9]*.json'))))")" \
+  "$(cat "$OUT/kafka-tansu-dl-rss")"
+fi
+if want tls; then
+printf '\nHTTPS vs HTTP on tansu (same rounds): HTTPS %.0f events/s (p99 %s ms, non-200 %s), HTTP %.0f events/s (p99 %s ms), ratio %.2f; rounds HTTPS %s, HTTP %s\n' \
+  "$(get "$OUT/tls-https-http.json" "d['events_per_s']")" "$(get "$OUT/tls-https-http.json" "d['latency_ms']['p99']")" \
+  "$(python3 -c "import glob, json; print(sum(sum(json.load(open(p))['failures'].values()) for p in glob.glob('$OUT/tls-https-http-*.json')))")" \
+  "$(get "$OUT/tls-plain-http.json" "d['events_per_s']")" "$(get "$OUT/tls-plain-http.json" "d['latency_ms']['p99']")" \
+  "$(python3 -c "import json; a=json.load(open('$OUT/tls-https-http.json')); b=json.load(open('$OUT/tls-plain-http.json')); print(a['events_per_s']/max(b['events_per_s'],1))")" \
+  "$(python3 -c "import glob, json; print(' '.join('%.0f' % json.load(open(p))['events_per_s'] for p in sorted(glob.glob('$OUT/tls-https-http-[0-9]*.json'))))")" \
+  "$(python3 -c "import glob, json; print(' '.join('%.0f' % json.load(open(p))['events_per_s'] for p in sorted(glob.glob('$OUT/tls-plain-http-[0-9]*.json'))))")"
+fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs (once, cached) and starts the brokers the tests and benchmarks use, on 127.0.0.1:
-#   RabbitMQ (Debian's rabbitmq-server) on 5672, tansu 0.6.0 (Kafka protocol) on 9092.
+#   RabbitMQ (Debian's rabbitmq-server) on 5672, tansu 0.6.0 (Kafka protocol) on 9092,
+#   Redis (Debian's redis-server, for the shared retry ledger) on 6379.
 # Usage: scripts/brokers.sh start|stop|status|restart-kafka.  Idempotent: a running broker is left alone.
 set -euo pipefail
 shopt -s inherit_errexit # a failing step inside $(...) (e.g. the tansu build) stops the script
@@ -8,6 +9,7 @@ shopt -s inherit_errexit # a failing step inside $(...) (e.g. the tansu build) s
 CACHE="${C360_CACHE:-$HOME/.cache/c360-bridge}"
 TANSU_VERSION=0.6.0
 KAFKA_PORT="${C360_KAFKA_PORT:-9092}"
+REDIS_PORT="${C360_REDIS_PORT:-6379}"
 STATE="${C360_STATE:-/tmp/c360-bridge-brokers}"
 CATALOG_CLASSES="assetitem_created assetitem_split assetitem_updated purchaseorder_created purchaseorder_updated reportjob_updated shipment_created shipment_updated task_completed task_created task_updated"
 
@@ -54,6 +56,27 @@ start_rabbitmq() {
   log "RabbitMQ ready on 127.0.0.1:5672"
 }
 
+# Debian's redis-server (redis-cli comes with it); no persistence: the ledger is an optimisation.
+start_redis() {
+  if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+    log "installing redis-server (Debian)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq redis-server >/dev/null 2>&1 \
+      || { apt-get update -qq >&2 && apt-get install -y -qq redis-server >&2; }
+  fi
+  mkdir -p "$STATE"
+  if ! port_open "$REDIS_PORT"; then
+    log "starting Redis on 127.0.0.1:$REDIS_PORT"
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize yes --save '' --appendonly no \
+      --dir "$STATE" --pidfile "$STATE/redis.pid" --logfile "$STATE/redis.log" >&2
+  fi
+  for _ in $(seq 1 100); do
+    [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ] && { log "Redis ready on 127.0.0.1:$REDIS_PORT"; return 0; }
+    sleep 0.1
+  done
+  log "Redis did not answer on $REDIS_PORT; see $STATE/redis.log"; exit 1
+}
+
 start_tansu() {
   local bin; bin=$(tansu_bin)
   mkdir -p "$STATE"
@@ -85,13 +108,15 @@ stop_tansu() {
 }
 
 case "${1:-start}" in
-  start) start_rabbitmq; start_tansu; printf 'C360_TANSU_BIN=%q\n' "$STATE/tansu" ;;
+  start) start_rabbitmq; start_redis; start_tansu; printf 'C360_TANSU_BIN=%q\n' "$STATE/tansu" ;;
   # An empty tansu (memory storage keeps everything it was sent; benchmarks want a fresh one).
   restart-kafka) stop_tansu; start_tansu ;;
   stop)
     [ -f "$STATE/tansu.pid" ] && kill "$(cat "$STATE/tansu.pid")" 2>/dev/null || true
+    redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
     rabbitmqctl -q stop >/dev/null 2>&1 || true ;;
   status) port_open 5672 && echo "rabbitmq up" || echo "rabbitmq down"
-          port_open "$KAFKA_PORT" && echo "tansu up" || echo "tansu down" ;;
+          port_open "$KAFKA_PORT" && echo "tansu up" || echo "tansu down"
+          port_open "$REDIS_PORT" && echo "redis up" || echo "redis down" ;;
   *) echo "usage: $0 start|stop|status|restart-kafka" >&2; exit 2 ;;
 esac

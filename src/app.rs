@@ -3,7 +3,7 @@
 use crate::config::{Config, ConfigError, SinkConfig};
 use crate::dead_letter::DeadLetter;
 use crate::keys::WebhookKeys;
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, RedisSetupError};
 use crate::routing::Routes;
 use c360_sinks::kafka::{KafkaSetupError, KafkaSink};
 use c360_sinks::rabbitmq::{RabbitSetupError, RabbitSink};
@@ -63,6 +63,8 @@ pub enum BuildError {
         name: String,
         source: RabbitSetupError,
     },
+    #[error(transparent)]
+    Ledger(#[from] RedisSetupError),
 }
 
 /// The answer deadline and librdkafka's `message.timeout.ms`, both derived from `ack_timeout`.
@@ -145,7 +147,7 @@ impl App {
             routes,
             dead_letter,
             sinks,
-            ledger: Ledger::new(config.ledger.max_entries, config.ledger.ttl),
+            ledger: Ledger::from_config(&config.ledger)?,
             in_flight: Arc::new(Semaphore::new(config.server.max_in_flight_batches)),
             max_body_bytes: config.server.max_body_bytes,
             answer_deadline,

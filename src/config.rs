@@ -109,18 +109,44 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LedgerConfig {
+    /// Where confirmations are kept: this process's memory, or Redis shared by every replica.
+    pub backend: LedgerBackend,
+    /// Memory backend only: most pairs remembered.
     pub max_entries: usize,
     #[serde(with = "humantime_serde")]
     pub ttl: Duration,
+    /// Redis backend: `redis://` or `rediss://` (TLS) URL; with `cluster`, any node of it.
+    pub url: String,
+    /// Redis backend: the URL names a node of a Redis Cluster.
+    pub cluster: bool,
+    /// Redis backend: prefix of every key the bridge writes.
+    pub key_prefix: String,
+    /// Redis backend: bound of one ledger round trip (connecting included).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
 }
 
 impl Default for LedgerConfig {
     fn default() -> Self {
         Self {
+            backend: LedgerBackend::Memory,
             max_entries: 200_000,
             ttl: Duration::from_secs(3600),
+            url: "redis://127.0.0.1:6379/0".into(),
+            cluster: false,
+            key_prefix: "c360:ledger:".into(),
+            timeout: Duration::from_millis(100),
         }
     }
+}
+
+/// `ledger.backend`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LedgerBackend {
+    #[default]
+    Memory,
+    Redis,
 }
 
 /// `[[webhooks]]`.
@@ -289,6 +315,9 @@ fn resolve_keys(config: &mut Config, file: Option<&Path>) -> Result<(), ConfigEr
 
 fn validate(config: &Config, file: Option<&Path>) -> Result<(), ConfigError> {
     validate_server(&config.server, file)?;
+    if let Some((key, problem)) = ledger_problem(&config.ledger, config.server.ack_timeout) {
+        return Err(invalid(file, format!("ledger.{key}"), problem));
+    }
     for (name, sink) in &config.sinks {
         let checked = match sink {
             SinkConfig::Kafka(k) => k.validate().map_err(|e| e.to_string()),
@@ -311,6 +340,31 @@ fn validate(config: &Config, file: Option<&Path>) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// What is wrong with `[ledger]` (its key and the problem), if anything. The URL is never
+/// quoted: it may hold a password.
+fn ledger_problem(l: &LedgerConfig, ack_timeout: Duration) -> Option<(&'static str, String)> {
+    if l.ttl < Duration::from_millis(1) {
+        return Some(("ttl", "must be at least 1ms".into()));
+    }
+    if l.backend == LedgerBackend::Memory {
+        return None;
+    }
+    if l.timeout < Duration::from_millis(1) || l.timeout * 4 > ack_timeout {
+        // A batch may wait for a read and a write: both must leave the brokers most of the time.
+        return Some((
+            "timeout",
+            "must be at least 1ms and at most a quarter of server.ack_timeout".into(),
+        ));
+    }
+    if !(l.url.starts_with("redis://") || l.url.starts_with("rediss://")) {
+        return Some(("url", "must start with redis:// or rediss://".into()));
+    }
+    if let Err(e) = redis::IntoConnectionInfo::into_connection_info(l.url.as_str()) {
+        return Some(("url", format!("not a Redis URL ({:?})", e.kind())));
+    }
+    None
 }
 
 fn validate_server(s: &ServerConfig, file: Option<&Path>) -> Result<(), ConfigError> {
@@ -407,6 +461,26 @@ mod tests {
             );
             Ok(())
         });
+    }
+
+    #[test]
+    fn a_bad_redis_ledger_is_named_without_its_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        let base = "[[webhooks]]\nname = \"w\"\npath = \"/h\"\nkeys = [\"k\"]\n[ledger]\nbackend = \"redis\"\n";
+        for (extra, key) in [
+            ("url = \"http://user:s3cret@host/\"\n", "ledger.url"),
+            (
+                "url = \"redis://user:s3cret@host:notaport/\"\n",
+                "ledger.url",
+            ),
+            ("timeout = \"10s\"\n", "ledger.timeout"),
+        ] {
+            std::fs::write(&cfg, format!("{base}{extra}")).unwrap();
+            let err = load(Some(&cfg)).unwrap_err().to_string();
+            assert!(err.contains(key), "{err}");
+            assert!(!err.contains("s3cret"), "{err}");
+        }
     }
 
     #[test]

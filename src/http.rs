@@ -3,6 +3,7 @@
 use crate::answer::error_response;
 use crate::app::App;
 use crate::ingest;
+use crate::ledger;
 use crate::metrics as m;
 use axum::Router;
 use axum::extract::State;
@@ -73,11 +74,23 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        axum::Json(json!({"ready": ready, "closing": app.is_closing(), "sinks": detail})),
-    )
-        .into_response()
+    let mut body = json!({"ready": ready, "closing": app.is_closing(), "sinks": detail});
+    // The ledger never decides readiness: a degraded one only costs duplicates.
+    ledger_detail(&app.ledger.health(), &mut body);
+    (status, axum::Json(body)).into_response()
+}
+
+/// `"ledger": "memory" | "ok" | "degraded"`, plus `"ledger_error"` when degraded.
+fn ledger_detail(health: &ledger::Health, body: &mut serde_json::Value) {
+    let (state, error) = match health {
+        ledger::Health::Memory => ("memory", None),
+        ledger::Health::Ok => ("ok", None),
+        ledger::Health::Degraded(why) => ("degraded", Some(why.as_str())),
+    };
+    body["ledger"] = json!(state);
+    if let Some(why) = error {
+        body["ledger_error"] = json!(why);
+    }
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {

@@ -23,7 +23,9 @@ use tokio::sync::{OwnedSemaphorePermit, oneshot};
 struct Job {
     sink: usize,
     msg: Message,
-    /// A dead-letter job keeps the key of the (event, sink) pair it stands for.
+    /// The sink of the (event, sink) pair the job stands for: `sink`, except on a dead-letter
+    /// job, which keeps the pair (and its ledger key) of the publish it replaces.
+    origin: usize,
     ledger_key: ledger::Key,
     /// Set on a job to the dead-letter destination: why the event goes there.
     dead_letter: Option<Permanence>,
@@ -84,14 +86,13 @@ async fn ingest(
             Err(Rejection::TestKeyWithEvents)
         };
     }
-    let jobs = plan(app, webhook, &body, &events)?;
+    let jobs = unconfirmed(app, plan(app, webhook, &body, &events)?).await;
     publish(app, jobs, permit, deadline).await?;
     Ok(events.len())
 }
 
-/// Turns events into one job per (event, target), leaving out pairs the ledger has confirmed.
-/// An event without a legal destination goes to the dead letter, or without one rejects the
-/// whole batch before anything is published.
+/// Turns events into one job per (event, target). An event without a legal destination goes to
+/// the dead letter, or without one rejects the whole batch before anything is published.
 fn plan(
     app: &App,
     webhook: &Webhook,
@@ -125,7 +126,7 @@ fn plan(
             jobs.push(event_job(app, index, event, &id, t, &meta, &raw)?);
         }
     }
-    Ok(unconfirmed(app, jobs))
+    Ok(jobs)
 }
 
 /// The job that publishes event `index` (its bytes `raw`, its headers `meta`) to target `t`,
@@ -151,6 +152,7 @@ fn event_job(
             body: raw.clone(),
             meta: meta.clone(),
         },
+        origin: t.sink,
         ledger_key: id.ledger_key(t.sink),
         dead_letter: None,
     };
@@ -179,17 +181,19 @@ fn divert(app: &App, job: &Job, reason: Permanence, detail: &str) -> Option<Job>
     Some(Job {
         sink: dl.sink,
         msg,
+        origin: job.origin,
         ledger_key: job.ledger_key,
         dead_letter: Some(reason),
     })
 }
 
 /// The jobs whose (event, sink) pair the ledger has no confirm for; counts the skipped ones.
-fn unconfirmed(app: &App, mut jobs: Vec<Job>) -> Vec<Job> {
-    let mut seen = app
-        .ledger
-        .seen(jobs.iter().map(|j| j.ledger_key))
-        .into_iter();
+async fn unconfirmed(app: &App, mut jobs: Vec<Job>) -> Vec<Job> {
+    if jobs.is_empty() {
+        return jobs;
+    }
+    let pairs: Vec<ledger::Pair> = jobs.iter().map(|j| pair(app, j)).collect();
+    let mut seen = app.ledger.seen(&pairs).await.into_iter();
     jobs.retain(|j| {
         let skip = seen.next().unwrap_or(false);
         if skip {
@@ -198,6 +202,17 @@ fn unconfirmed(app: &App, mut jobs: Vec<Job>) -> Vec<Job> {
         !skip
     });
     jobs
+}
+
+/// The ledger's view of a job: the (event, sink) pair it stands for (a dead-letter job stands
+/// for the pair of the publish it replaces).
+fn pair<'a>(app: &'a App, j: &'a Job) -> ledger::Pair<'a> {
+    ledger::Pair {
+        key: j.ledger_key,
+        webhook: &j.msg.meta.webhook,
+        event_id: &j.msg.meta.id,
+        sink: app.sinks[j.origin].name(),
+    }
 }
 
 /// Starts every job at once, waits for all confirms until the answer `deadline`.
@@ -280,7 +295,8 @@ async fn attempt(app: &App, jobs: Vec<Job>) -> Vec<(Job, SinkError)> {
             Err(e) => failed.push((job, e)),
         }
     }
-    app.ledger.record(confirmed.iter().map(|j| j.ledger_key));
+    let pairs: Vec<ledger::Pair> = confirmed.iter().map(|j| pair(app, j)).collect();
+    app.ledger.record(&pairs).await;
     count(app, &confirmed, &failed);
     failed
 }

@@ -68,6 +68,16 @@ pub fn ledger_skip(sink: &str) {
     counter!("c360_ledger_skips_total", "sink" => sink.to_owned()).increment(1);
 }
 
+/// A failed Redis ledger round trip: `op` read or write, `reason` timeout or error.
+pub fn ledger_error(op: &'static str, reason: &'static str) {
+    counter!("c360_ledger_errors_total", "op" => op, "reason" => reason).increment(1);
+}
+
+/// 1 while the Redis ledger's last round trip failed.
+pub fn ledger_degraded(degraded: bool) {
+    gauge!("c360_ledger_degraded").set(if degraded { 1.0 } else { 0.0 });
+}
+
 pub fn unrouted(event_class: &str) {
     counter!("c360_events_unrouted_total", "event_class" => event_class.to_owned()).increment(1);
 }

@@ -13,4 +13,6 @@ mod kafka;
 mod keys;
 mod partition;
 mod rabbit;
+mod redis_server;
+mod replicas;
 mod tansu;

@@ -1,4 +1,4 @@
-//! The retry ledger: which (event id, sink) pairs were confirmed, so a resent batch skips them.
+//! The memory ledger: confirmed (event id, sink) pairs kept in this process alone.
 //!
 //! Bounded in entries and in age; it lives in memory, so a restart or another replica forgets
 //! it (the README lists the duplicates a consumer can therefore still see). An entry is the
@@ -39,7 +39,7 @@ pub type BuildKeyHasher = BuildHasherDefault<KeyHasher>;
 type KeyMap = HashMap<Key, Instant, BuildKeyHasher>;
 
 /// Remembers confirmations for at most `max_entries` pairs and `ttl`.
-pub struct Ledger {
+pub struct MemoryLedger {
     inner: Mutex<Inner>,
     max_entries: usize,
     ttl: Duration,
@@ -51,7 +51,7 @@ struct Inner {
     order: VecDeque<(Key, Instant)>,
 }
 
-impl Ledger {
+impl MemoryLedger {
     pub fn new(max_entries: usize, ttl: Duration) -> Self {
         Self {
             inner: Mutex::new(Inner::default()),
@@ -132,7 +132,7 @@ mod tests {
 
     #[test]
     fn remembers_confirmed_pairs_per_sink() {
-        let l = Ledger::new(10, Duration::from_secs(60));
+        let l = MemoryLedger::new(10, Duration::from_secs(60));
         l.record([key("a", 0), key("b", 1)].into_iter());
         assert_eq!(
             l.seen([key("a", 0), key("a", 1), key("b", 1), key("c", 0)].into_iter()),
@@ -142,7 +142,7 @@ mod tests {
 
     #[test]
     fn bounded_in_entries() {
-        let l = Ledger::new(3, Duration::from_secs(60));
+        let l = MemoryLedger::new(3, Duration::from_secs(60));
         l.record((0..10).map(|i| key(&i.to_string(), 0)));
         assert_eq!(l.len(), 3);
         assert_eq!(
@@ -153,7 +153,7 @@ mod tests {
 
     #[test]
     fn bounded_in_time() {
-        let l = Ledger::new(10, Duration::ZERO);
+        let l = MemoryLedger::new(10, Duration::ZERO);
         l.record([key("a", 0)].into_iter());
         assert_eq!(l.seen([key("a", 0)].into_iter()), vec![false]);
         assert!(l.is_empty());

@@ -1,0 +1,385 @@
+//! Several replicas, one memory (SPEC §7): the retry ledger in Redis. Two bridges sharing one
+//! Redis, a restart, Redis killed under load, and a three-node Redis Cluster; the memory
+//! ledger runs the same scenarios, so the duplicates each backend leaves are measured side by
+//! side (`DUP-TABLE` lines).
+
+use crate::harness::{self, Bridge, Queue, create_topics, kafka, post};
+use crate::redis_server::{self, RedisCluster, RedisServer};
+use lapin::types::FieldTable;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+const KEY: &str = "replicas-key";
+const EVENTS: usize = 5;
+
+/// Where the resend of the failed batch goes.
+#[derive(Clone, Copy, Debug)]
+enum Resend {
+    /// To a second bridge process running next to the first.
+    OtherReplica,
+    /// To the same bridge, stopped and started again.
+    AfterRestart,
+}
+
+/// `[ledger]` with Redis at `url` and a key prefix of the test's own.
+fn redis_ledger(url: &str, cluster: bool) -> String {
+    redis_ledger_prefixed(url, cluster, &format!("{}:", harness::unique("it-ledger")))
+}
+
+fn redis_ledger_prefixed(url: &str, cluster: bool, prefix: &str) -> String {
+    format!(
+        "[ledger]\nbackend = \"redis\"\nurl = \"{url}\"\ncluster = {cluster}\nkey_prefix = \"{prefix}\"\nttl = \"10m\"\ntimeout = \"1s\"\n"
+    )
+}
+
+/// What a consumer read after the scenario, and what the replica that got the resend counted.
+struct Outcome {
+    kafka_duplicates: usize,
+    queue_duplicates: usize,
+    skips: f64,
+}
+
+/// Fan-out to Kafka and RabbitMQ. The batch goes to replica A while no queue is bound (503,
+/// Kafka confirmed); then a queue is bound and the same batch is resent through replica B.
+async fn resend_elsewhere(scenario: &str, ledger: &str, resend: Resend) -> Outcome {
+    let topic = harness::unique("replicas");
+    create_topics(&kafka(), std::slice::from_ref(&topic), 1).await;
+    let exchange = harness::unique("replicas-x");
+    let (k, r) = (harness::unique("rk"), harness::unique("rr"));
+    let toml = format!(
+        "{}{}{}{}{ledger}",
+        harness::webhook_toml("replicas", KEY),
+        harness::kafka_sink_toml(&k, &kafka()),
+        harness::rabbit_sink_toml(&r, &exchange),
+        harness::route_all_toml(&[&k, &r], &format!("topic = \"{topic}\"\n")),
+    );
+    let events: Vec<String> = (0..EVENTS)
+        .map(|_| harness::event("task_created", &harness::unique("ev")))
+        .collect();
+    let body = harness::batch(&events);
+
+    let a = Bridge::start(&toml).await;
+    let first = post(&a.url("/hook"), &body, Some(KEY)).await;
+    assert_eq!(first.status, 503, "no queue bound yet: {:?}", first.json);
+    a.wait_idle(Duration::from_secs(10)).await;
+    let after_503 = harness::consume(&kafka(), &topic, 1).await;
+    assert_eq!(after_503.len(), EVENTS, "Kafka confirmed every event once");
+
+    let queue = Queue::bind(&exchange, &[&topic], FieldTable::default()).await;
+    let b = match resend {
+        Resend::OtherReplica => {
+            let b = Bridge::start(&toml).await;
+            drop(a); // still ran while B started; stopped only now
+            b
+        }
+        Resend::AfterRestart => {
+            a.shutdown().await;
+            Bridge::start(&toml).await
+        }
+    };
+    let second = post(&b.url("/hook"), &body, Some(KEY)).await;
+    assert_eq!(second.status, 200, "{:?}", second.json);
+    assert_eq!(second.json["accepted"], EVENTS);
+
+    let records = harness::consume(&kafka(), &topic, 1).await;
+    let kafka_bodies: Vec<Vec<u8>> = records.into_iter().map(|r| r.payload).collect();
+    let queue_bodies: Vec<Vec<u8>> = queue.drain().await.into_iter().map(|m| m.body).collect();
+    let skips = harness::metric(
+        &harness::metrics_text(&b).await,
+        &format!("c360_ledger_skips_total{{sink=\"{k}\"}}"),
+    );
+    let outcome = Outcome {
+        kafka_duplicates: duplicates(&events, &kafka_bodies, "Kafka"),
+        queue_duplicates: duplicates(&events, &queue_bodies, "the queue"),
+        skips,
+    };
+    eprintln!(
+        "DUP-TABLE | {scenario} ({resend:?}) | events {EVENTS} | Kafka duplicates {} | queue duplicates {} | skips counted by the replica that got the resend {}",
+        outcome.kafka_duplicates,
+        outcome.queue_duplicates,
+        outcome.skips + 0.0
+    );
+    outcome
+}
+
+/// Copies beyond the first of each sent event; fails if an event is missing or a stranger came.
+fn duplicates(events: &[String], consumed: &[Vec<u8>], where_: &str) -> usize {
+    let mut seen: HashMap<&[u8], usize> = HashMap::new();
+    for c in consumed {
+        *seen.entry(c.as_slice()).or_default() += 1;
+    }
+    for e in events {
+        assert!(seen.contains_key(e.as_bytes()), "{where_} lacks an event");
+    }
+    assert_eq!(seen.len(), events.len(), "{where_} holds other messages");
+    consumed.len() - events.len()
+}
+
+#[tokio::test]
+async fn two_replicas_sharing_redis_publish_each_event_once() {
+    let _shared = harness::SHARED_BROKERS.read().await;
+    let prefix = format!("{}:", harness::unique("it-ledger"));
+    let ledger = redis_ledger_prefixed(&redis_server::shared_url(), false, &prefix);
+    let o = resend_elsewhere("redis ledger", &ledger, Resend::OtherReplica).await;
+    assert_eq!(
+        o.kafka_duplicates, 0,
+        "B republished events A had confirmed"
+    );
+    assert_eq!(o.queue_duplicates, 0);
+    assert_eq!(o.skips, EVENTS as f64, "B skipped each Kafka pair");
+    // What Redis holds: one small key per confirmed (event, sink) pair, expiring with the ttl.
+    let keys = redis_server::keys(6379, &prefix);
+    assert_eq!(keys.len(), 2 * EVENTS, "{keys:?}");
+    assert!(
+        keys[0].starts_with(&format!("{prefix}replicas:")),
+        "{keys:?}"
+    );
+    assert_eq!(redis_server::cli(6379, &["get", &keys[0]]).trim(), "1");
+    let pttl: u64 = redis_server::cli(6379, &["pttl", &keys[0]])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(pttl > 0 && pttl <= 600_000, "PTTL {pttl}");
+}
+
+#[tokio::test]
+async fn two_replicas_with_memory_ledgers_republish_what_the_other_confirmed() {
+    let _shared = harness::SHARED_BROKERS.read().await;
+    let o = resend_elsewhere("memory ledger", "", Resend::OtherReplica).await;
+    assert_eq!(o.kafka_duplicates, EVENTS, "B cannot know what A confirmed");
+    assert_eq!(o.queue_duplicates, 0);
+    assert_eq!(o.skips, 0.0);
+}
+
+#[tokio::test]
+async fn a_restarted_bridge_remembers_through_redis() {
+    let _shared = harness::SHARED_BROKERS.read().await;
+    let ledger = redis_ledger(&redis_server::shared_url(), false);
+    let o = resend_elsewhere("redis ledger", &ledger, Resend::AfterRestart).await;
+    assert_eq!(o.kafka_duplicates, 0, "the restarted bridge republished");
+    assert_eq!(o.queue_duplicates, 0);
+    assert_eq!(o.skips, EVENTS as f64);
+}
+
+#[tokio::test]
+async fn a_restarted_bridge_with_a_memory_ledger_republishes() {
+    let _shared = harness::SHARED_BROKERS.read().await;
+    let o = resend_elsewhere("memory ledger", "", Resend::AfterRestart).await;
+    assert_eq!(o.kafka_duplicates, EVENTS);
+    assert_eq!(o.queue_duplicates, 0);
+    assert_eq!(o.skips, 0.0);
+}
+
+#[tokio::test]
+async fn two_replicas_sharing_a_redis_cluster_publish_each_event_once() {
+    let _shared = harness::SHARED_BROKERS.read().await;
+    let cluster = RedisCluster::start().await;
+    let ledger = redis_ledger(&cluster.url(), true);
+    let o = resend_elsewhere("redis cluster ledger", &ledger, Resend::OtherReplica).await;
+    assert_eq!(
+        o.kafka_duplicates, 0,
+        "B republished events A had confirmed"
+    );
+    assert_eq!(o.queue_duplicates, 0);
+    assert_eq!(o.skips, EVENTS as f64);
+    let keys = cluster.keys_per_node();
+    eprintln!("redis cluster: ledger keys per node {keys:?}");
+    assert_eq!(
+        keys.iter().sum::<usize>(),
+        2 * EVENTS,
+        "one key per confirmed (event, sink) pair"
+    );
+}
+
+/// Polls `/readyz` until its `ledger` field is `want`; the bridge must stay ready meanwhile.
+async fn wait_ledger_state(bridge: &Bridge, want: &str, within: Duration) {
+    let until = Instant::now() + within;
+    loop {
+        let r = reqwest::get(bridge.url("/readyz")).await.unwrap();
+        let status = r.status().as_u16();
+        let json: serde_json::Value = r.json().await.unwrap();
+        if json["ledger"] == want {
+            assert_eq!(status, 200, "the ledger never decides readiness: {json}");
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "ledger not {want} within {within:?}: {json}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the webhook `name` answered at least `n` batches with 200 in all.
+async fn wait_accepted(bridge: &Bridge, name: &str, n: f64) {
+    let until = Instant::now() + Duration::from_secs(60);
+    let line = format!("c360_requests_total{{webhook=\"{name}\",status=\"200\"}}");
+    while harness::metric(&harness::metrics_text(bridge).await, &line) < n {
+        assert!(Instant::now() < until, "fewer than {n} batches accepted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_killed_under_load_changes_no_answer_and_loses_nothing() {
+    let _shared = harness::SHARED_BROKERS.read().await;
+    let mut redis = RedisServer::start().await;
+    let topic = harness::unique("replicas-load");
+    create_topics(&kafka(), std::slice::from_ref(&topic), 3).await;
+    let (name, k) = (harness::unique("killed"), harness::unique("rk"));
+    let toml = format!(
+        "{}{}{}{}",
+        harness::webhook_toml(&name, KEY),
+        harness::kafka_sink_toml(&k, &kafka()),
+        harness::route_all_toml(&[&k], &format!("topic = \"{topic}\"\n")),
+        redis_ledger(&redis.url(), false).replace("1s", "200ms"),
+    );
+    let bridge = Bridge::start(&toml).await;
+    let errors = |t: &str| harness::metric(t, "c360_ledger_errors_total");
+    let errors_before = errors(&harness::metrics_text(&bridge).await);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let load = tokio::spawn(harness::load_until(
+        bridge.url("/hook"),
+        KEY,
+        "task_created",
+        20,
+        4,
+        100_000,
+        stop.clone(),
+    ));
+
+    wait_accepted(&bridge, &name, 20.0).await;
+    redis.kill();
+    wait_ledger_state(&bridge, "degraded", Duration::from_secs(10)).await;
+    let at_kill = harness::metric(
+        &harness::metrics_text(&bridge).await,
+        &format!("c360_requests_total{{webhook=\"{name}\",status=\"200\"}}"),
+    );
+    wait_accepted(&bridge, &name, at_kill + 40.0).await; // 40 batches while Redis is gone
+    redis.restart().await;
+    wait_ledger_state(&bridge, "ok", Duration::from_secs(15)).await;
+    let at_return = harness::metric(
+        &harness::metrics_text(&bridge).await,
+        &format!("c360_requests_total{{webhook=\"{name}\",status=\"200\"}}"),
+    );
+    wait_accepted(&bridge, &name, at_return + 20.0).await;
+    stop.cancel();
+    let sent = load.await.unwrap();
+
+    let non_200 = sent.iter().filter(|s| s.status != 200).count();
+    assert_eq!(non_200, 0, "an answer changed while Redis was gone");
+    let consumed: Vec<Vec<u8>> = harness::consume(&kafka(), &topic, 3)
+        .await
+        .into_iter()
+        .map(|r| r.payload)
+        .collect();
+    let tally = harness::conservation("redis killed under load", &sent, &consumed);
+    assert_eq!(tally.duplicates, 0);
+    let errors_after = errors(&harness::metrics_text(&bridge).await);
+    eprintln!(
+        "redis killed under load: {} batches of 20, all 200; c360_ledger_errors_total +{}",
+        sent.len(),
+        errors_after - errors_before
+    );
+    assert!(errors_after > errors_before, "Redis failures were counted");
+
+    // Back to skipping: a batch sent twice is published once.
+    let event = harness::event("task_created", &harness::unique("again"));
+    let body = harness::batch(std::slice::from_ref(&event));
+    let skip_line = format!("c360_ledger_skips_total{{sink=\"{k}\"}}");
+    let skips_before = harness::metric(&harness::metrics_text(&bridge).await, &skip_line);
+    for _ in 0..2 {
+        let r = post(&bridge.url("/hook"), &body, Some(KEY)).await;
+        assert_eq!(r.status, 200, "{:?}", r.json);
+    }
+    let skips = harness::metric(&harness::metrics_text(&bridge).await, &skip_line) - skips_before;
+    assert_eq!(
+        skips, 1.0,
+        "the resent event was skipped once Redis was back"
+    );
+    let again = harness::consume(&kafka(), &topic, 3).await;
+    let copies = again
+        .iter()
+        .filter(|r| r.payload == event.as_bytes())
+        .count();
+    assert_eq!(copies, 1, "the event sent twice is in Kafka once");
+}
+
+/// `/readyz`'s status and JSON.
+async fn readyz(bridge: &Bridge) -> (u16, serde_json::Value) {
+    let r = reqwest::get(bridge.url("/readyz")).await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_redis_that_refuses_writes_or_hangs_costs_no_answer() {
+    let _shared = harness::SHARED_BROKERS.read().await;
+    let redis = RedisServer::start().await;
+    let topic = harness::unique("replicas-slow");
+    create_topics(&kafka(), std::slice::from_ref(&topic), 1).await;
+    let k = harness::unique("rk");
+    let toml = format!(
+        "{}{}{}{}",
+        harness::webhook_toml("slow", KEY),
+        harness::kafka_sink_toml(&k, &kafka()),
+        harness::route_all_toml(&[&k], &format!("topic = \"{topic}\"\n")),
+        redis_ledger(&redis.url(), false).replace("1s", "200ms"),
+    );
+    let bridge = Bridge::start(&toml).await;
+    let batch_of = |tag: &str| {
+        let e = harness::event("task_created", &harness::unique(tag));
+        (harness::batch(std::slice::from_ref(&e)), e)
+    };
+
+    // Refusing writes: maxmemory reached with the default noeviction policy (OOM on SET).
+    redis_server::cli(redis.port, &["config", "set", "maxmemory", "1"]);
+    let (full, full_event) = batch_of("full");
+    let r = post(&bridge.url("/hook"), &full, Some(KEY)).await;
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    let (status, json) = readyz(&bridge).await;
+    assert_eq!(
+        (status, &json["ledger"]),
+        (200, &serde_json::json!("degraded"))
+    );
+    assert!(
+        json["ledger_error"].as_str().unwrap().contains("OOM"),
+        "{json}"
+    );
+    redis_server::cli(redis.port, &["config", "set", "maxmemory", "0"]);
+    // Its confirmation was not recorded: the resend publishes it again (at least once), and is
+    // recorded this time, so a third send is skipped.
+    for _ in 0..2 {
+        let r = post(&bridge.url("/hook"), &full, Some(KEY)).await;
+        assert_eq!(r.status, 200, "{:?}", r.json);
+    }
+    assert_eq!(readyz(&bridge).await.1["ledger"], "ok");
+
+    // Hanging: the server stopped (SIGSTOP) answers nothing; each round trip ends at the timeout.
+    redis.signal("STOP");
+    let (hung, hung_event) = batch_of("hung");
+    let started = Instant::now();
+    let r = post(&bridge.url("/hook"), &hung, Some(KEY)).await;
+    let took = started.elapsed();
+    redis.signal("CONT");
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    let (status, json) = readyz(&bridge).await;
+    assert_eq!(status, 200);
+    assert!(
+        json["ledger_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no answer"),
+        "{json}"
+    );
+    eprintln!("a batch while Redis hung (timeout 200ms): answered 200 in {took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+
+    let records = harness::consume(&kafka(), &topic, 1).await;
+    let count = |e: &String| records.iter().filter(|r| r.payload == e.as_bytes()).count();
+    assert_eq!(
+        count(&full_event),
+        2,
+        "published, republished once (not recorded), then skipped"
+    );
+    assert_eq!(count(&hung_event), 1);
+}
