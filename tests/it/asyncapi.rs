@@ -14,12 +14,15 @@ struct Row {
     key: String,
 }
 
-/// `check`'s routing table (rows after the header; dropped classes have no row).
+/// `check`'s routing table (rows after the header, up to the dead-letter line; dropped classes
+/// have no row).
 fn check_rows(stdout: &str) -> Vec<Row> {
     stdout
         .lines()
         .skip_while(|l| !l.starts_with("event_class"))
         .skip(1)
+        // The table ends where `check` goes on to say what the dead letter is.
+        .take_while(|l| !l.trim().is_empty() && !l.starts_with("dead letter:"))
         .filter(|l| !l.contains("(dropped"))
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
