@@ -37,6 +37,8 @@ pub fn demo_config(listen: &str, bootstrap: &str, key: &str) -> Config {
             file_keys: Vec::new(),
             accept_test_ping: true,
             max_events: 100,
+            max_depth: 128,
+            allow_from: None,
         }],
         sinks: BTreeMap::from([("kafka".to_owned(), SinkConfig::Kafka(kafka))]),
         routes: vec![RouteConfig {

@@ -176,8 +176,23 @@ impl<'de> Visitor<'de> for KeyIndex<'_> {
     }
 }
 
-/// Splits `body` into its events; other top-level fields are ignored.
+/// serde_json's recursion limit, the strictest common consumer parser (webhooks' `max_depth`).
+pub const DEFAULT_MAX_DEPTH: usize = 128;
+
+/// Splits `body` into its events with the default depth limit; other top-level fields are
+/// ignored.
 pub fn split(body: &[u8], max_events: usize) -> Result<Vec<Event<'_>>, EnvelopeError> {
+    split_limited(body, max_events, DEFAULT_MAX_DEPTH)
+}
+
+/// Splits `body` into its events. An event whose nesting of arrays and objects reaches
+/// `max_depth` (the event itself counts 1) is refused: that is serde_json's rule, so with 128
+/// every event accepted parses again with serde_json's defaults.
+pub fn split_limited(
+    body: &[u8],
+    max_events: usize,
+    max_depth: usize,
+) -> Result<Vec<Event<'_>>, EnvelopeError> {
     if body.trim_ascii_start().first() != Some(&b'{') {
         return Err(EnvelopeError::NotJson("expected a JSON object".into()));
     }
@@ -194,15 +209,49 @@ pub fn split(body: &[u8], max_events: usize) -> Result<Vec<Event<'_>>, EnvelopeE
     }
     raws.into_iter()
         .enumerate()
-        .map(|(index, raw)| event(index, raw))
+        .map(|(index, raw)| event(index, raw, max_depth))
         .collect()
 }
 
-fn event(index: usize, raw: &RawValue) -> Result<Event<'_>, EnvelopeError> {
+/// Whether `json` (valid JSON) nests arrays/objects `limit` levels deep or more. A loop over
+/// the bytes with a counter, no recursion: any depth costs one pass and no stack.
+pub fn nests_at_least(json: &[u8], limit: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in json {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth >= limit {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
+fn event(index: usize, raw: &RawValue, max_depth: usize) -> Result<Event<'_>, EnvelopeError> {
     let bad = |reason: &str| EnvelopeError::BadEvent {
         index,
         reason: reason.to_owned(),
     };
+    if nests_at_least(raw.get().as_bytes(), max_depth) {
+        return Err(bad(&format!(
+            "nested {max_depth} levels deep or more (this webhook's max_depth)"
+        )));
+    }
     let head = Head::read(raw).map_err(|_| bad("not a JSON object"))?;
     let class = head.event_class.ok_or_else(|| bad("has no event_class"))?;
     let event_class: String =
@@ -367,6 +416,46 @@ mod tests {
             repeated,
             Err(EnvelopeError::BadEvent { index: 0, .. })
         ));
+    }
+
+    fn nested(levels: usize) -> String {
+        format!(
+            r#"{{"event_class":"a","p":{}1{}}}"#,
+            "[".repeat(levels - 1),
+            "]".repeat(levels - 1)
+        )
+    }
+
+    #[test]
+    fn depth_follows_serde_jsons_recursion_limit() {
+        let ok = nested(127);
+        let deep = nested(128);
+        assert!(serde_json::from_str::<serde_json::Value>(&ok).is_ok());
+        assert!(serde_json::from_str::<serde_json::Value>(&deep).is_err());
+        let body = format!(r#"{{"events":[{ok}]}}"#);
+        assert_eq!(split(body.as_bytes(), 100).unwrap().len(), 1);
+        let body = format!(r#"{{"events":[{ok},{deep}]}}"#);
+        let e = split(body.as_bytes(), 100).unwrap_err();
+        assert!(
+            matches!(e, EnvelopeError::BadEvent { index: 1, .. }),
+            "{e:?}"
+        );
+        assert_eq!(e.code(), "invalid_event");
+        let brackets_in_strings = r#"{"event_class":"a","s":"[[[[{{{{\"[[["}"#;
+        assert!(!nests_at_least(brackets_in_strings.as_bytes(), 3));
+        assert!(nests_at_least(b"[[[]]]", 3));
+        assert!(!nests_at_least(b"[[]]", 3));
+    }
+
+    #[test]
+    fn a_very_deep_event_costs_no_stack() {
+        let deep = nested(1_000_000);
+        let body = format!(r#"{{"events":[{deep}]}}"#);
+        let e = split_limited(body.as_bytes(), 100, 128).unwrap_err();
+        assert!(
+            matches!(e, EnvelopeError::BadEvent { index: 0, .. }),
+            "{e:?}"
+        );
     }
 
     #[test]
