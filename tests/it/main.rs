@@ -3,9 +3,11 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod cli;
+mod facing;
 mod faults;
 mod harness;
 mod healing;
+mod hostile;
 mod kafka;
 mod keys;
 mod partition;
