@@ -11,5 +11,6 @@ mod hostile;
 mod kafka;
 mod keys;
 mod partition;
+mod props;
 mod rabbit;
 mod tansu;
