@@ -12,6 +12,8 @@ cd "$(dirname "$0")/.."
 DURATION="${DURATION:-10s}"; ROUNDS="${ROUNDS:-3}"; WORKERS="${WORKERS:-1}"
 CONCURRENCY="${CONCURRENCY:-8}"; BATCH="${BATCH:-100}"; EVENT_SIZE="${EVENT_SIZE:-1024}"
 OUT="${BENCH_OUT:-target/bench}"; mkdir -p "$OUT"
+# The tansu port (scripts/brokers.sh starts and restarts tansu there; 9092 by default).
+KAFKA_PORT="${C360_KAFKA_PORT:-9092}"
 # A separate assignment, so that `set -e` stops here when a broker cannot start.
 brokers_env=$(scripts/brokers.sh start)
 eval "$brokers_env"
@@ -37,12 +39,14 @@ PY
 }
 half_rate() { get "$OUT/$1-http.json" "d['batches_per_s']/2"; }
 
-# serve NAME SINK_TOML: writes a config and starts the bridge; sets $PID.
+# serve NAME SINK_TOML [SERVER_TOML]: writes a config (SERVER_TOML: more [server] keys and
+# tables) and starts the bridge; sets $PID. Readiness is polled on $READY_AT (default: $PORT).
 serve() {
   cat >"$OUT/$1.toml" <<TOML
 [server]
 listen = "127.0.0.1:$PORT"
 worker_threads = $WORKERS
+${3:-}
 [log]
 level = "warn"
 [[webhooks]]
@@ -55,7 +59,7 @@ match = "*"
 sinks = ["s"]
 TOML
   $BIN serve --config "$OUT/$1.toml" 2>"$OUT/$1.log" & PID=$!
-  wait_ready "127.0.0.1:$PORT"
+  wait_ready "127.0.0.1:${READY_AT:-$PORT}"
 }
 # stop NAME: records the bridge's peak RSS (the highest over a scenario's runs) and stops it.
 stop() {
@@ -66,11 +70,11 @@ stop() {
 }
 hook() { echo --url "http://127.0.0.1:$PORT/hook" --key "$KEY"; }
 
-TANSU_SINK='[sinks.s]
-type = "kafka"
-bootstrap_servers = "127.0.0.1:9092"
+TANSU_SINK="[sinks.s]
+type = \"kafka\"
+bootstrap_servers = \"127.0.0.1:$KAFKA_PORT\"
 [sinks.s.librdkafka]
-"compression.type" = "none"'
+\"compression.type\" = \"none\""
 
 # Kafka on tansu: every run gets an empty tansu (its memory storage keeps all it was sent, and
 # slows down as it grows) and, for the bridge, a fresh bridge process.
@@ -80,7 +84,7 @@ for r in $(seq 1 "$ROUNDS"); do
   fresh_tansu; serve kafka-tansu "$TANSU_SINK"
   $LG http $(hook) $(load) >"$OUT/kafka-tansu-http-$r.json"
   stop kafka-tansu
-  fresh_tansu; $DIRECT direct-kafka --bootstrap 127.0.0.1:9092 --prefix catalog360 $(load) >"$OUT/kafka-tansu-direct-$r.json"
+  fresh_tansu; $DIRECT direct-kafka --bootstrap "127.0.0.1:$KAFKA_PORT" --prefix catalog360 $(load) >"$OUT/kafka-tansu-direct-$r.json"
 done
 median kafka-tansu http; median kafka-tansu direct
 fresh_tansu; serve kafka-tansu "$TANSU_SINK"
@@ -89,7 +93,33 @@ stop kafka-tansu
 fresh_tansu; serve one-event "$TANSU_SINK"
 $LG http $(hook) $(load 1) >"$OUT/one-event-http.json"
 stop one-event
-fresh_tansu; $DIRECT direct-kafka --bootstrap 127.0.0.1:9092 --prefix catalog360 $(load 1) >"$OUT/one-event-direct.json"
+fresh_tansu; $DIRECT direct-kafka --bootstrap "127.0.0.1:$KAFKA_PORT" --prefix catalog360 $(load 1) >"$OUT/one-event-direct.json"
+fresh_tansu
+
+# HTTPS vs HTTP on tansu, alternating in the same rounds: the same bridge, once with
+# [server.tls] (a P-256 certificate from a CA of the run, verified by the load generator) and
+# once without. Kept-alive connections, so the handshake is paid once per sender.
+TLS_DIR="$OUT/tls"; mkdir -p "$TLS_DIR"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 -subj /CN=bench-ca \
+  -keyout "$TLS_DIR/ca.key" -out "$TLS_DIR/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
+  -keyout "$TLS_DIR/key.pem" -out "$TLS_DIR/leaf.csr" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$TLS_DIR/ext"
+openssl x509 -req -in "$TLS_DIR/leaf.csr" -CA "$TLS_DIR/ca.pem" -CAkey "$TLS_DIR/ca.key" -CAcreateserial \
+  -days 2 -extfile "$TLS_DIR/ext" -out "$TLS_DIR/cert.pem" 2>/dev/null
+TLS_SERVER="admin_listen = \"127.0.0.1:18183\"
+[server.tls]
+cert_file = \"$TLS_DIR/cert.pem\"
+key_file = \"$TLS_DIR/key.pem\""
+for r in $(seq 1 "$ROUNDS"); do
+  fresh_tansu; serve tls-plain "$TANSU_SINK"
+  $LG http $(hook) $(load) >"$OUT/tls-plain-http-$r.json"
+  stop tls-plain
+  fresh_tansu; READY_AT=18183 serve tls-https "$TANSU_SINK" "$TLS_SERVER"
+  $LG http --url "https://127.0.0.1:$PORT/hook" --key "$KEY" --ca-file "$TLS_DIR/ca.pem" $(load) >"$OUT/tls-https-http-$r.json"
+  stop tls-https
+done
+median tls-plain http; median tls-https http
 fresh_tansu
 
 # RabbitMQ (a bounded queue bound with # makes the messages routable; emptied before each run,
@@ -140,6 +170,13 @@ for b in kafka-tansu rabbitmq kafka-mock; do
     "$(python3 -c "import glob, json; print(' '.join('%.0f' % json.load(open(p))['events_per_s'] for p in sorted(glob.glob('$OUT/$b-http-[0-9]*.json'))))")" \
     "$(python3 -c "import glob, json; print(' '.join('%.0f' % json.load(open(p))['events_per_s'] for p in sorted(glob.glob('$OUT/$b-direct-[0-9]*.json'))))")"
 done
-printf '\n\n1-event batches on tansu: bridge %.0f requests/s (p99 %s ms), direct %.0f batches/s (p99 %s ms)\n' \
+printf '\n\nHTTPS vs HTTP on tansu (same rounds): HTTPS %.0f events/s (p99 %s ms, non-200 %s), HTTP %.0f events/s (p99 %s ms), ratio %.2f; rounds HTTPS %s, HTTP %s\n' \
+  "$(get "$OUT/tls-https-http.json" "d['events_per_s']")" "$(get "$OUT/tls-https-http.json" "d['latency_ms']['p99']")" \
+  "$(python3 -c "import glob, json; print(sum(sum(json.load(open(p))['failures'].values()) for p in glob.glob('$OUT/tls-https-http-*.json')))")" \
+  "$(get "$OUT/tls-plain-http.json" "d['events_per_s']")" "$(get "$OUT/tls-plain-http.json" "d['latency_ms']['p99']")" \
+  "$(python3 -c "import json; a=json.load(open('$OUT/tls-https-http.json')); b=json.load(open('$OUT/tls-plain-http.json')); print(a['events_per_s']/max(b['events_per_s'],1))")" \
+  "$(python3 -c "import glob, json; print(' '.join('%.0f' % json.load(open(p))['events_per_s'] for p in sorted(glob.glob('$OUT/tls-https-http-[0-9]*.json'))))")" \
+  "$(python3 -c "import glob, json; print(' '.join('%.0f' % json.load(open(p))['events_per_s'] for p in sorted(glob.glob('$OUT/tls-plain-http-[0-9]*.json'))))")"
+printf '\n1-event batches on tansu: bridge %.0f requests/s (p99 %s ms), direct %.0f batches/s (p99 %s ms)\n' \
   "$(get "$OUT/one-event-http.json" "d['batches_per_s']")" "$(get "$OUT/one-event-http.json" "d['latency_ms']['p99']")" \
   "$(get "$OUT/one-event-direct.json" "d['batches_per_s']")" "$(get "$OUT/one-event-direct.json" "d['latency_ms']['p99']")"
