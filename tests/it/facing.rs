@@ -4,7 +4,7 @@
 //! nothing.
 
 use crate::harness::*;
-use crate::hostile::{Target, row, server_toml};
+use crate::hostile::{Target, server_toml};
 use lapin::types::FieldTable;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use std::sync::Arc;
@@ -132,7 +132,7 @@ async fn read_response(s: &mut Tls) -> (u16, String) {
 }
 
 /// A bridge on HTTPS publishing to its own queue.
-async fn https_bridge(tls: &str, extra_server: &str) -> (HttpsBridge, Queue) {
+pub async fn https_bridge(tls: &str, extra_server: &str) -> (HttpsBridge, Queue) {
     let exchange = unique("x-tls");
     let queue = Queue::bind(&exchange, &["#"], FieldTable::default()).await;
     let toml = format!(
@@ -152,8 +152,8 @@ async fn https_bridge(tls: &str, extra_server: &str) -> (HttpsBridge, Queue) {
 }
 
 /// A bridge in this process serving HTTPS on `addr`, its admin endpoints on plain `admin`.
-struct HttpsBridge {
-    addr: std::net::SocketAddr,
+pub struct HttpsBridge {
+    pub addr: std::net::SocketAddr,
     admin: std::net::SocketAddr,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -365,43 +365,6 @@ impl Drop for ServedTls {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tls_handshake_that_stalls_is_closed_at_the_header_deadline() {
-    let _shared = SHARED_BROKERS.read().await;
-    let pki = Pki::new("c360 test CA");
-    let dir = tempfile::tempdir().unwrap();
-    let (bridge, queue) = https_bridge(
-        &install(dir.path(), &pki.leaf()),
-        "header_timeout = \"1s\"\n",
-    )
-    .await;
-    let started = Instant::now();
-    let mut s = TcpStream::connect(bridge.addr).await.unwrap();
-    // The first bytes of a ClientHello record, then nothing.
-    s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
-        .await
-        .unwrap();
-    let sent = crate::hostile::read_to_close(&mut s, Duration::from_secs(10)).await;
-    let held = started.elapsed();
-    assert!(sent.is_empty());
-    assert!(
-        held >= Duration::from_millis(900) && held <= Duration::from_millis(2500),
-        "{held:?}"
-    );
-    assert!(queue.drain().await.is_empty());
-    let mut ok = connect(&pki, bridge.addr).await.unwrap();
-    let (status, _) = exchange(
-        &mut ok,
-        "POST",
-        "/hook",
-        &batch(&[event("task_created", "after")]),
-    )
-    .await;
-    assert_eq!(status, 200);
-    assert_eq!(queue.drain().await.len(), 1);
-    row("TLS handshake that stalls", "none (closed)", held, 0, true);
-}
-
 // ---------------------------------------------------------------- allow_from
 
 /// Posts a signed batch with `X-Forwarded-For: xff` (if any); returns the reply.
@@ -453,7 +416,10 @@ async fn an_allowed_source_is_served_and_others_get_403_before_the_body_is_read(
     let mut head = [0u8; 12];
     s.read_exact(&mut head).await.unwrap();
     assert_eq!(&head, b"HTTP/1.1 403");
-    assert!(started.elapsed() < Duration::from_millis(500));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "answered before the body: the body deadline is 4.5 s"
+    );
     assert_eq!(published_count(&t).await, (0, 0));
     let m = metrics_text(&t.bridge).await;
     assert!(metric(&m, "c360_forbidden_sources_total{webhook=\"hostile\"}") >= 2.0);
@@ -487,4 +453,38 @@ async fn through_a_trusted_proxy_the_right_most_untrusted_address_is_the_client(
     // No header through the proxy: the proxy itself is the client, and it is not allowed.
     assert_eq!(post_from(&t, None).await.status, 403);
     assert_eq!(published_count(&t).await, (0, 0));
+}
+
+#[test]
+fn check_names_a_bad_cidr_and_an_unusable_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!(
+        "{}{}",
+        webhook_toml("w", KEY),
+        "[sinks.k]\ntype = \"kafka\"\nbootstrap_servers = \"127.0.0.1:9092\"\n[[routes]]\nmatch = \"*\"\nsinks = [\"k\"]\n"
+    );
+    let (_d, path) = write_config(&base.replace(
+        "path = \"/hook\"",
+        "path = \"/hook\"\nallow_from = [\"10.0.0.0/33\"]",
+    ));
+    let (code, _, err) = run(&["check", "--config", &path], None);
+    assert_eq!(code, 1);
+    assert!(err.contains("10.0.0.0/33"), "{err}");
+    let tls = format!(
+        "[server.tls]\ncert_file = \"{0}/missing.pem\"\nkey_file = \"{0}/missing.key\"\n",
+        dir.path().display()
+    );
+    let (_d, path) = write_config(&format!("{tls}{base}"));
+    let (code, _, err) = run(&["check", "--config", &path], None);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("server.tls") && err.contains("missing.pem"),
+        "{err}"
+    );
+    let pki = Pki::new("check CA");
+    let tls = install(dir.path(), &pki.leaf());
+    let (_d, path) = write_config(&format!("{tls}{base}"));
+    let (code, out, err) = run(&["check", "--config", &path], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("https (certificate"), "{out}");
 }
