@@ -38,6 +38,8 @@ pub enum Rejection {
     DeadlineExceeded(Duration),
     #[error("too many batches in flight")]
     Overloaded,
+    #[error("client address {0} is not allowed to post to this webhook")]
+    ForbiddenSource(String),
     #[error("shutting down")]
     ShuttingDown,
 }
@@ -46,6 +48,7 @@ impl Rejection {
     pub fn status(&self) -> StatusCode {
         match self {
             Rejection::Signature(_) | Rejection::TestKeyWithEvents => StatusCode::UNAUTHORIZED,
+            Rejection::ForbiddenSource(_) => StatusCode::FORBIDDEN,
             Rejection::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Rejection::Envelope(_) => StatusCode::BAD_REQUEST,
@@ -60,6 +63,7 @@ impl Rejection {
         match self {
             Rejection::Signature(e) => e.code(),
             Rejection::TestKeyWithEvents => "test_key_with_events",
+            Rejection::ForbiddenSource(_) => "forbidden_source",
             Rejection::TooLarge(_) => "body_too_large",
             Rejection::BodyTimeout => "body_timeout",
             Rejection::Envelope(e) => e.code(),

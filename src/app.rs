@@ -5,9 +5,13 @@ use crate::dead_letter::DeadLetter;
 use crate::keys::WebhookKeys;
 use crate::ledger::{Ledger, RedisSetupError};
 use crate::routing::Routes;
+use crate::server::Limits;
+use crate::server::client_addr::{self, Cidr};
+use crate::server::tls::{Tls, TlsError};
 use c360_sinks::kafka::{KafkaSetupError, KafkaSink};
 use c360_sinks::rabbitmq::{RabbitSetupError, RabbitSink};
 use c360_sinks::{Readiness, Sink};
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +28,21 @@ pub struct Webhook {
     pub max_events: usize,
     /// CloudEvents `source` of its events.
     pub ce_source: Arc<str>,
+    /// Deepest nesting allowed inside one event.
+    pub max_depth: usize,
+    /// Client networks allowed to post; `None` = any.
+    pub allow_from: Option<Vec<Cidr>>,
+}
+
+impl Webhook {
+    /// Whether a client at `ip` may post (no address known: only when any address may).
+    pub fn allows(&self, ip: Option<IpAddr>) -> bool {
+        match (&self.allow_from, ip) {
+            (None, _) => true,
+            (Some(nets), Some(ip)) => client_addr::contains(nets, ip),
+            (Some(_), None) => false,
+        }
+    }
 }
 
 /// The shared state of one bridge process.
@@ -43,6 +62,12 @@ pub struct App {
     pub publish_deadline: Duration,
     /// How often the webhooks' keys files are looked at.
     pub keys_poll_interval: Duration,
+    /// Deadlines and connection limit of the listeners.
+    pub limits: Limits,
+    /// Reverse proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<Cidr>,
+    /// The HTTPS certificate pair in force, when `[server.tls]` is set.
+    pub tls: Option<Arc<Tls>>,
     /// Publish tasks, awaited on shutdown.
     pub tasks: TaskTracker,
     closing: AtomicBool,
@@ -53,6 +78,8 @@ pub struct App {
 pub enum BuildError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("server.tls: {0}")]
+    Tls(#[from] TlsError),
     #[error("sinks.{name}: {source}")]
     Kafka {
         name: String,
@@ -124,6 +151,15 @@ impl App {
         let routes = Routes::compile(&config, file)?;
         let dead_letter = DeadLetter::compile(&config, file)?;
         let (answer_deadline, _) = deadlines(config.server.ack_timeout);
+        let tls = match &config.server.tls {
+            Some(files) => Some(Arc::new(Tls::load(files)?)),
+            None => None,
+        };
+        let limits = Limits {
+            header_timeout: config.server.header_timeout,
+            idle_timeout: config.server.idle_timeout,
+            max_connections: config.server.max_connections,
+        };
         let webhooks = config
             .webhooks
             .into_iter()
@@ -139,6 +175,8 @@ impl App {
                     name,
                     path: w.path,
                     max_events: w.max_events,
+                    max_depth: w.max_depth,
+                    allow_from: w.allow_from,
                 }
             })
             .collect();
@@ -153,6 +191,9 @@ impl App {
             answer_deadline,
             publish_deadline: config.server.ack_timeout * 2,
             keys_poll_interval: config.server.keys_poll_interval,
+            limits,
+            trusted_proxies: config.server.trusted_proxies,
+            tls,
             tasks: TaskTracker::new(),
             closing: AtomicBool::new(false),
         })

@@ -151,7 +151,12 @@ fn check(file: &Path) -> Result<()> {
     let config = config::load(Some(file))?;
     let routes = routing::Routes::compile(&config, Some(file))?;
     let dead_letter = DeadLetter::compile(&config, Some(file))?;
+    if let Some(tls) = &config.server.tls {
+        c360_bridge::server::tls::Tls::load(tls)
+            .with_context(|| format!("{}: server.tls", file.display()))?;
+    }
     println!("{}: OK", file.display());
+    print_server(&config.server);
     for wh in &config.webhooks {
         println!(
             "webhook {} on {} ({} key(s), test ping {})",
@@ -213,6 +218,22 @@ fn print_dead_letter(dl: Option<&DeadLetter>) {
             println!("dead letter: none (an illegal destination gets 400, a too large event 503)")
         }
     }
+}
+
+/// What faces the internet: the listener, HTTPS or not, deadlines and limits.
+fn print_server(s: &config::ServerConfig) {
+    let scheme = match &s.tls {
+        Some(t) => format!("https (certificate {})", t.cert_file.display()),
+        None => "http".to_owned(),
+    };
+    println!(
+        "listen {} {scheme}; header_timeout {:?}, idle_timeout {:?}, max_connections {}, trusted_proxies {}",
+        s.listen,
+        s.header_timeout,
+        s.idle_timeout,
+        s.max_connections,
+        s.trusted_proxies.len()
+    );
 }
 
 fn read_input(file: Option<&Path>) -> Result<Vec<u8>> {

@@ -1,5 +1,6 @@
 //! Configuration: defaults < TOML file < `C360_BRIDGE_*` environment, validated at start-up.
 
+pub use crate::server::client_addr::Cidr;
 use c360_sinks::kafka::KafkaConfig;
 use c360_sinks::rabbitmq::RabbitConfig;
 use figment::Figment;
@@ -72,6 +73,29 @@ pub struct ServerConfig {
     /// How often every `keys_file` is read to see whether it changed (SIGHUP re-reads at once).
     #[serde(with = "humantime_serde")]
     pub keys_poll_interval: Duration,
+    /// From accept to a complete request head (TLS handshake included); then the connection is
+    /// closed. Also bounds a later request's head from its first byte.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A kept-alive connection with no request in flight is closed after this.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Open connections on the webhook listener; beyond it new ones are closed at once.
+    pub max_connections: usize,
+    /// CIDRs of reverse proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<Cidr>,
+    /// `[server.tls]`: serve HTTPS with this certificate chain and key (PEM).
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]`: PEM files, re-read when they change and on SIGHUP.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// The private key of the leaf (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +108,11 @@ impl Default for ServerConfig {
             max_in_flight_batches: 512,
             worker_threads: 0,
             keys_poll_interval: Duration::from_secs(1),
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+            trusted_proxies: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -174,6 +203,11 @@ pub struct WebhookConfig {
     pub max_events: usize,
     /// CloudEvents `source` of its events; default `/catalog360/{name}`.
     pub source: Option<String>,
+    /// Deepest nesting of arrays/objects inside one event (serde_json's recursion limit).
+    #[serde(default = "default_max_depth")]
+    pub max_depth: usize,
+    /// CIDRs whose clients may post to this webhook; unset = any.
+    pub allow_from: Option<Vec<Cidr>>,
 }
 
 impl WebhookConfig {
@@ -191,6 +225,9 @@ fn yes() -> bool {
 }
 fn default_max_events() -> usize {
     100
+}
+fn default_max_depth() -> usize {
+    128
 }
 
 /// `[sinks.NAME]`, tagged by `type`.
@@ -378,6 +415,21 @@ fn validate_server(s: &ServerConfig, file: Option<&Path>) -> Result<(), ConfigEr
             "must be at least 100ms",
         ));
     }
+    if s.header_timeout < Duration::from_millis(100) || s.idle_timeout < Duration::from_millis(100)
+    {
+        return Err(invalid(
+            file,
+            "server.header_timeout / idle_timeout",
+            "must be at least 100ms",
+        ));
+    }
+    if s.max_connections == 0 {
+        return Err(invalid(
+            file,
+            "server.max_connections",
+            "must be at least 1",
+        ));
+    }
     if s.max_in_flight_batches == 0 {
         return Err(invalid(
             file,
@@ -426,6 +478,15 @@ fn webhook_problem<'a>(
         return Some((
             "source",
             "must not be empty (a URI reference such as /catalog360/main)",
+        ));
+    }
+    if wh.max_depth < 2 {
+        return Some(("max_depth", "must be at least 2 (an event is an object)"));
+    }
+    if wh.allow_from.as_ref().is_some_and(Vec::is_empty) {
+        return Some((
+            "allow_from",
+            "is empty: nobody could post (leave it out to allow any address)",
         ));
     }
     None

@@ -39,6 +39,8 @@ pub fn demo_config(listen: &str, bootstrap: &str, key: &str) -> Config {
             accept_test_ping: true,
             max_events: 100,
             source: None,
+            max_depth: 128,
+            allow_from: None,
         }],
         sinks: BTreeMap::from([("kafka".to_owned(), SinkConfig::Kafka(kafka))]),
         routes: vec![RouteConfig {

@@ -176,8 +176,23 @@ impl<'de> Visitor<'de> for KeyIndex<'_> {
     }
 }
 
-/// Splits `body` into its events; other top-level fields are ignored.
+/// serde_json's recursion limit, the strictest common consumer parser (webhooks' `max_depth`).
+pub const DEFAULT_MAX_DEPTH: usize = 128;
+
+/// Splits `body` into its events with the default depth limit; other top-level fields are
+/// ignored.
 pub fn split(body: &[u8], max_events: usize) -> Result<Vec<Event<'_>>, EnvelopeError> {
+    split_limited(body, max_events, DEFAULT_MAX_DEPTH)
+}
+
+/// Splits `body` into its events. An event whose nesting of arrays and objects reaches
+/// `max_depth` (the event itself counts 1) is refused: that is serde_json's rule, so with 128
+/// every event accepted parses again with serde_json's defaults.
+pub fn split_limited(
+    body: &[u8],
+    max_events: usize,
+    max_depth: usize,
+) -> Result<Vec<Event<'_>>, EnvelopeError> {
     if body.trim_ascii_start().first() != Some(&b'{') {
         return Err(EnvelopeError::NotJson("expected a JSON object".into()));
     }
@@ -194,15 +209,131 @@ pub fn split(body: &[u8], max_events: usize) -> Result<Vec<Event<'_>>, EnvelopeE
     }
     raws.into_iter()
         .enumerate()
-        .map(|(index, raw)| event(index, raw))
+        .map(|(index, raw)| event(index, raw, max_depth))
         .collect()
 }
 
-fn event(index: usize, raw: &RawValue) -> Result<Event<'_>, EnvelopeError> {
+/// What a scan of an event's bytes found wrong with it for a strict consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unparsable {
+    /// Arrays/objects nested this many levels deep (the limit it reached).
+    TooDeep(usize),
+    /// A `\\uD800`–`\\uDFFF` escape that is not half of a surrogate pair: no Unicode text,
+    /// refused by serde_json (and by every I-JSON parser) when it reads the string.
+    LoneSurrogate,
+    /// A number beyond f64's range (`1e400`): serde_json refuses it ("number out of range").
+    NumberOutOfRange,
+}
+
+/// Checks valid JSON `json` for what strict consumers refuse although the JSON grammar allows
+/// it: nesting that reaches `max_depth` (serde_json's rule: the outermost value counts 1) and
+/// lone surrogate escapes. One loop over the bytes with a counter, no recursion: any depth
+/// costs one pass and no stack.
+pub fn check_strict(json: &[u8], max_depth: usize) -> Result<(), Unparsable> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < json.len() {
+        match json[i] {
+            b'"' => i = check_string(json, i + 1)?,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth >= max_depth {
+                    return Err(Unparsable::TooDeep(max_depth));
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b'-' | b'0'..=b'9' => {
+                i = check_number(json, i)?;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// Checks the number starting at `i` and returns the index after it. Only a number with an
+/// exponent, or longer than any finite f64 needs (308 digits), can be out of range, so the
+/// common short number costs no parse.
+fn check_number(json: &[u8], start: usize) -> Result<usize, Unparsable> {
+    let len = json[start..]
+        .iter()
+        .take_while(|b| matches!(b, b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'))
+        .count();
+    let token = &json[start..start + len];
+    let may_overflow = len > 300 || token.iter().any(|b| matches!(b, b'e' | b'E'));
+    if may_overflow {
+        let finite = std::str::from_utf8(token)
+            .ok()
+            .and_then(|t| t.parse::<f64>().ok())
+            .is_some_and(f64::is_finite);
+        if !finite {
+            return Err(Unparsable::NumberOutOfRange);
+        }
+    }
+    Ok(start + len)
+}
+
+/// Walks a string body from `i` (after its opening quote) to its closing quote, whose index it
+/// returns; checks that surrogate escapes come in pairs.
+fn check_string(json: &[u8], mut i: usize) -> Result<usize, Unparsable> {
+    let mut pending_high = false;
+    while i < json.len() {
+        match json[i] {
+            b'"' if !pending_high => return Ok(i),
+            b'\\' if json.get(i + 1) == Some(&b'u') => {
+                let unit = hex4(json.get(i + 2..i + 6));
+                match unit {
+                    Some(0xD800..=0xDBFF) if !pending_high => pending_high = true,
+                    Some(0xDC00..=0xDFFF) if pending_high => pending_high = false,
+                    Some(0xD800..=0xDFFF) => return Err(Unparsable::LoneSurrogate),
+                    _ if pending_high => return Err(Unparsable::LoneSurrogate),
+                    _ => {}
+                }
+                i += 6;
+                continue;
+            }
+            _ if pending_high => return Err(Unparsable::LoneSurrogate),
+            b'\\' => i += 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(i)
+}
+
+fn hex4(digits: Option<&[u8]>) -> Option<u32> {
+    let text = std::str::from_utf8(digits?).ok()?;
+    u32::from_str_radix(text, 16).ok()
+}
+
+/// Whether `json` (valid JSON) nests arrays/objects `limit` levels deep or more.
+pub fn nests_at_least(json: &[u8], limit: usize) -> bool {
+    matches!(check_strict(json, limit), Err(Unparsable::TooDeep(_)))
+}
+
+fn event(index: usize, raw: &RawValue, max_depth: usize) -> Result<Event<'_>, EnvelopeError> {
     let bad = |reason: &str| EnvelopeError::BadEvent {
         index,
         reason: reason.to_owned(),
     };
+    match check_strict(raw.get().as_bytes(), max_depth) {
+        Ok(()) => {}
+        Err(Unparsable::TooDeep(d)) => {
+            return Err(bad(&format!(
+                "nested {d} levels deep or more (this webhook's max_depth)"
+            )));
+        }
+        Err(Unparsable::NumberOutOfRange) => {
+            return Err(bad("a number is beyond the range of a 64-bit float"));
+        }
+        Err(Unparsable::LoneSurrogate) => {
+            return Err(bad(
+                "a string holds a lone surrogate escape (\\uD800-\\uDFFF), not Unicode text",
+            ));
+        }
+    }
     let head = Head::read(raw).map_err(|_| bad("not a JSON object"))?;
     let class = head.event_class.ok_or_else(|| bad("has no event_class"))?;
     let event_class: String =
@@ -369,6 +500,92 @@ mod tests {
         ));
     }
 
+    fn nested(levels: usize) -> String {
+        format!(
+            r#"{{"event_class":"a","p":{}1{}}}"#,
+            "[".repeat(levels - 1),
+            "]".repeat(levels - 1)
+        )
+    }
+
+    #[test]
+    fn depth_follows_serde_jsons_recursion_limit() {
+        let ok = nested(127);
+        let deep = nested(128);
+        assert!(serde_json::from_str::<serde_json::Value>(&ok).is_ok());
+        assert!(serde_json::from_str::<serde_json::Value>(&deep).is_err());
+        let body = format!(r#"{{"events":[{ok}]}}"#);
+        assert_eq!(split(body.as_bytes(), 100).unwrap().len(), 1);
+        let body = format!(r#"{{"events":[{ok},{deep}]}}"#);
+        let e = split(body.as_bytes(), 100).unwrap_err();
+        assert!(
+            matches!(e, EnvelopeError::BadEvent { index: 1, .. }),
+            "{e:?}"
+        );
+        assert_eq!(e.code(), "invalid_event");
+        let brackets_in_strings = r#"{"event_class":"a","s":"[[[[{{{{\"[[["}"#;
+        assert!(!nests_at_least(brackets_in_strings.as_bytes(), 3));
+        assert!(nests_at_least(b"[[[]]]", 3));
+        assert!(!nests_at_least(b"[[]]", 3));
+    }
+
+    #[test]
+    fn lone_surrogates_are_refused_and_pairs_pass() {
+        let ok = [r#""\ud83d\ude00""#, r#""a\\ud800""#, r#""\u0041\"\\""#];
+        for s in ok {
+            assert_eq!(check_strict(s.as_bytes(), 128), Ok(()), "{s}");
+            assert!(serde_json::from_str::<serde_json::Value>(s).is_ok(), "{s}");
+        }
+        let bad = [
+            r#""\ud800""#,
+            r#""\udc00x""#,
+            r#""\ud800\u0041""#,
+            r#""\ud800\ud800""#,
+        ];
+        for s in bad {
+            assert_eq!(
+                check_strict(s.as_bytes(), 128),
+                Err(Unparsable::LoneSurrogate),
+                "{s}"
+            );
+            assert!(serde_json::from_str::<serde_json::Value>(s).is_err(), "{s}");
+        }
+        let body = br#"{"events":[{"event_class":"a","s":"\ud800"}]}"#;
+        let e = split(body, 10).unwrap_err();
+        assert!(
+            matches!(e, EnvelopeError::BadEvent { index: 0, .. }),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_refused() {
+        let huge_int = "9".repeat(400);
+        for n in ["1e400", "-1E+400", huge_int.as_str()] {
+            assert_eq!(
+                check_strict(n.as_bytes(), 128),
+                Err(Unparsable::NumberOutOfRange),
+                "{n}"
+            );
+            assert!(serde_json::from_str::<serde_json::Value>(n).is_err(), "{n}");
+        }
+        for n in ["1e308", "-0.5e-400", "123456789012345678901234567890", "0"] {
+            assert_eq!(check_strict(n.as_bytes(), 128), Ok(()), "{n}");
+            assert!(serde_json::from_str::<serde_json::Value>(n).is_ok(), "{n}");
+        }
+    }
+
+    #[test]
+    fn a_very_deep_event_costs_no_stack() {
+        let deep = nested(1_000_000);
+        let body = format!(r#"{{"events":[{deep}]}}"#);
+        let e = split_limited(body.as_bytes(), 100, 128).unwrap_err();
+        assert!(
+            matches!(e, EnvelopeError::BadEvent { index: 0, .. }),
+            "{e:?}"
+        );
+    }
+
     #[test]
     fn pointer_finds_nested_values() {
         let raw: &RawValue =
@@ -382,5 +599,63 @@ mod tests {
         );
         assert!(pointer(raw, &seg("/payload/none/id")).is_none());
         assert!(pointer(raw, &seg("/payload/old/id/deeper")).is_none());
+    }
+}
+
+/// The fuzz targets' invariants (fuzz/fuzz_targets/envelope.rs) as property tests, so every
+/// `cargo test` checks them.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SEED: &str = r#"{"x":[1,{"y":"\u00e9"}],"events":[{"event_class":"task_created","payload_class":"task","payload":{"new":{"id":"a\"b","n":[1.5e3,-2,true,null,{"d":[[[]]]}]}}},{"event_class":"e2","payload":{"old":{"id":7}}}]}"#;
+
+    /// A valid envelope with some bytes replaced, inserted or removed.
+    fn mutated() -> impl Strategy<Value = Vec<u8>> {
+        let edits =
+            prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..3u8), 0..6);
+        edits.prop_map(|edits| {
+            let mut b = SEED.as_bytes().to_vec();
+            for (at, byte, kind) in edits {
+                let i = at.index(b.len() + 1);
+                match kind {
+                    0 if i < b.len() => b[i] = byte,
+                    1 => b.insert(i, byte),
+                    _ if i < b.len() => {
+                        b.remove(i);
+                    }
+                    _ => {}
+                }
+            }
+            b
+        })
+    }
+
+    fn holds(body: &[u8], max_events: usize) {
+        let Ok(events) = split_limited(body, max_events, DEFAULT_MAX_DEPTH) else {
+            return;
+        };
+        assert!(events.len() <= max_events);
+        let range = body.as_ptr_range();
+        for e in &events {
+            let raw = e.raw.get().as_bytes();
+            assert!(range.start <= raw.as_ptr() && raw.as_ptr_range().end <= range.end);
+            let v: serde_json::Value = serde_json::from_slice(raw).expect("accepted event parses");
+            assert_eq!(v["event_class"].as_str(), Some(e.event_class.as_str()));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn mutated_envelopes_split_into_slices_that_parse(body in mutated(), max in 1usize..4) {
+            holds(&body, max);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..256)) {
+            holds(&body, 100);
+        }
     }
 }

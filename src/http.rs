@@ -5,6 +5,7 @@ use crate::app::App;
 use crate::ingest;
 use crate::ledger;
 use crate::metrics as m;
+use crate::server::client_addr::{Peer, client_ip};
 use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -19,9 +20,15 @@ pub fn router(app: Arc<App>, with_admin: bool) -> Router {
     let mut r = Router::new();
     for (i, wh) in app.webhooks.iter().enumerate() {
         let a = app.clone();
-        let receive = move |headers: HeaderMap, body: axum::body::Body| async move {
+        let receive = move |req: axum::extract::Request| async move {
+            let (parts, body) = req.into_parts();
+            let headers = parts.headers;
             let rid = request_id(&headers);
-            let mut resp = ingest::receive(a, i, headers, body, rid.clone())
+            let client = parts
+                .extensions
+                .get::<Peer>()
+                .map(|p| client_ip(p.0.ip(), &headers, &a.trusted_proxies));
+            let mut resp = ingest::receive(a, i, client, headers, body, rid.clone())
                 .await
                 .into_response();
             if let Ok(v) = HeaderValue::from_str(&rid) {

@@ -15,6 +15,7 @@ use crate::signature::{HEADER, Verdict};
 use bytes::Bytes;
 use c360_sinks::{EventMeta, Message, Permanence, SinkError};
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
@@ -35,19 +36,34 @@ struct Job {
 pub async fn receive(
     app: Arc<App>,
     wh: usize,
+    client: Option<IpAddr>,
     headers: http::HeaderMap,
     body: axum::body::Body,
     rid: String,
 ) -> Answer {
     let started = Instant::now();
     let webhook = &app.webhooks[wh];
-    let answer = match ingest(&app, webhook, &headers, body, started).await {
+    let outcome = match admit(webhook, client) {
+        Ok(()) => ingest(&app, webhook, &headers, body, started).await,
+        Err(r) => Err(r),
+    };
+    let answer = match outcome {
         Ok(n) => Answer::Accepted(n),
         Err(r) => Answer::Rejected(r),
     };
     log_outcome(webhook, &answer, &rid, started);
     m::request(&webhook.name, answer.status().as_u16());
     answer
+}
+
+/// Refuses a client outside the webhook's `allow_from`, before anything of the body is read.
+fn admit(webhook: &Webhook, client: Option<IpAddr>) -> Result<(), Rejection> {
+    if webhook.allows(client) {
+        return Ok(());
+    }
+    m::forbidden_source(&webhook.name);
+    let who = client.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+    Err(Rejection::ForbiddenSource(who))
 }
 
 async fn ingest(
@@ -78,7 +94,7 @@ async fn ingest(
         .verifier()
         .verify(signature, &body)
         .inspect_err(|e| m::signature_failure(&webhook.name, e.code()))?;
-    let events = envelope::split(&body, webhook.max_events)?;
+    let events = envelope::split_limited(&body, webhook.max_events, webhook.max_depth)?;
     if verdict == Verdict::TestKey {
         return if events.is_empty() {
             Ok(0)

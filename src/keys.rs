@@ -111,23 +111,7 @@ pub fn sources(wh: &WebhookConfig) -> Vec<(Origin, usize)> {
     out
 }
 
-/// What made a webhook's keys file be read again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    /// The periodic look: reports only when the file's content (or its error) changed.
-    Poll,
-    /// SIGHUP: re-reads and reports, changed or not.
-    Signal,
-}
-
-impl Trigger {
-    fn name(self) -> &'static str {
-        match self {
-            Trigger::Poll => "file changed",
-            Trigger::Signal => "SIGHUP",
-        }
-    }
-}
+pub use crate::watch::Trigger;
 
 /// What the last look at a keys file saw: a digest of its bytes, or the kind of read error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,44 +257,15 @@ pub fn reload_all(webhooks: &[Arc<WebhookKeys>], trigger: Trigger) {
 }
 
 /// Polls the keys files every `every` and re-reads them on SIGHUP, until `stop`.
-///
-/// SIGHUP is taken even when no webhook has a keys file, so that it never kills the daemon.
 pub async fn watch(webhooks: Vec<Arc<WebhookKeys>>, every: Duration, stop: CancellationToken) {
     let polled = webhooks.iter().any(|w| w.has_file());
-    let mut hangups = hangups();
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let trigger = tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick(), if polled => Trigger::Poll,
-            Some(()) = next_hangup(&mut hangups) => Trigger::Signal,
-        };
-        if trigger == Trigger::Signal && !polled {
-            tracing::info!(
-                "SIGHUP: no webhook reads its keys from keys_file; inline and keys_env keys change only with a restart"
-            );
-        }
-        let list = webhooks.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || reload_all(&list, trigger)).await {
-            tracing::error!(error = %e, "re-reading the keys files failed");
-        }
-    }
-}
-
-fn hangups() -> Option<tokio::signal::unix::Signal> {
-    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .inspect_err(
-            |e| tracing::warn!(error = %e, "SIGHUP cannot be caught; keys files are still polled"),
+    let reload: crate::watch::Reload = Arc::new(move |t| reload_all(&webhooks, t));
+    crate::watch::run(reload, polled, every, stop, || {
+        tracing::info!(
+            "SIGHUP: no webhook reads its keys from keys_file; inline and keys_env keys change only with a restart"
         )
-        .ok()
-}
-
-async fn next_hangup(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
-    match s {
-        Some(s) => s.recv().await,
-        None => std::future::pending().await,
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]
@@ -330,6 +285,8 @@ mod tests {
             accept_test_ping: true,
             max_events: 100,
             source: None,
+            max_depth: 128,
+            allow_from: None,
         }
     }
 

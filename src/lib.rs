@@ -17,7 +17,9 @@ pub mod ledger;
 pub mod metrics;
 pub mod routing;
 pub mod sample;
+pub mod server;
 pub mod signature;
+pub mod watch;
 
 pub use app::App;
 
@@ -37,7 +39,8 @@ pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
 
 /// Serves `app` on `listener` (and the admin endpoints on `admin` if given) until `shutdown`
 /// resolves; then refuses new batches, lets in-flight ones finish or fail, and closes the sinks.
-/// Meanwhile the webhooks' keys files are re-read when they change and on SIGHUP.
+/// Meanwhile the webhooks' keys files (and the TLS pair) are re-read when they change and on
+/// SIGHUP.
 pub async fn serve(
     app: Arc<App>,
     listener: TcpListener,
@@ -58,13 +61,34 @@ pub async fn serve(
         app.keys_poll_interval,
         stop.clone(),
     ));
-    let main = axum::serve(listener, http::router(app.clone(), admin.is_none()))
-        .with_graceful_shutdown(stop.clone().cancelled_owned());
+    if let Some(tls) = app.tls.clone() {
+        let reload: watch::Reload = Arc::new(move |t| {
+            tls.reload(t);
+        });
+        tokio::spawn(watch::run(
+            reload,
+            true,
+            app.keys_poll_interval,
+            stop.clone(),
+            || {},
+        ));
+    }
+    let main = server::Listener {
+        name: "webhook",
+        router: http::router(app.clone(), admin.is_none()),
+        limits: app.limits,
+        tls: app.tls.clone(),
+    };
+    let main = server::run(listener, main, stop.clone());
     match admin {
         Some(admin) => {
-            let admin = axum::serve(admin, http::admin_router(app.clone()))
-                .with_graceful_shutdown(stop.clone().cancelled_owned());
-            tokio::try_join!(main.into_future(), admin.into_future())?;
+            let admin_listener = server::Listener {
+                name: "admin",
+                router: http::admin_router(app.clone()),
+                limits: app.limits,
+                tls: None,
+            };
+            tokio::try_join!(main, server::run(admin, admin_listener, stop.clone()))?;
         }
         None => main.await?,
     }

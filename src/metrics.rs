@@ -107,3 +107,40 @@ impl Drop for InFlight {
         gauge!("c360_batches_in_flight").decrement(1.0);
     }
 }
+
+/// A connection refused because its listener was at `server.max_connections`.
+pub fn connection_refused(listener: &'static str) {
+    counter!("c360_connections_refused_total", "listener" => listener).increment(1);
+}
+
+/// A connection closed by the bridge: `header_timeout`, `idle_timeout` or `tls_error`.
+pub fn connection_closed(listener: &'static str, reason: &'static str) {
+    counter!("c360_connections_closed_total", "listener" => listener, "reason" => reason)
+        .increment(1);
+}
+
+/// A re-read of the TLS certificate pair: `ok` or `error`.
+pub fn tls_reload(result: &'static str) {
+    counter!("c360_tls_reloads_total", "result" => result).increment(1);
+}
+
+/// A POST refused because its client address is outside the webhook's `allow_from`.
+pub fn forbidden_source(webhook: &str) {
+    counter!("c360_forbidden_sources_total", "webhook" => webhook.to_owned()).increment(1);
+}
+
+/// Counts a connection in `c360_connections_open` for as long as it lives.
+pub struct OpenConnection(&'static str);
+
+impl OpenConnection {
+    pub fn enter(listener: &'static str) -> Self {
+        gauge!("c360_connections_open", "listener" => listener).increment(1.0);
+        OpenConnection(listener)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        gauge!("c360_connections_open", "listener" => self.0).decrement(1.0);
+    }
+}

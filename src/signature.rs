@@ -181,3 +181,56 @@ mod tests {
         );
     }
 }
+
+/// The signature fuzz target's invariants (fuzz/fuzz_targets/signature.rs) as property tests.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    const KEYS: [&str; 2] = ["current-key", "previous-key"];
+
+    fn verifier() -> Verifier {
+        Verifier::new(
+            KEYS.iter()
+                .map(|k| SecretString::from(k.to_string()))
+                .collect(),
+            true,
+        )
+    }
+
+    /// A verdict only for a header that is the body's signature under the key it names.
+    fn holds(header: &[u8], body: &[u8]) {
+        let v = verifier();
+        let trimmed = std::str::from_utf8(header.trim_ascii()).ok();
+        match v.verify(Some(header), body) {
+            Ok(Verdict::Key(i)) => {
+                assert_eq!(trimmed, Some(sign(KEYS[i].as_bytes(), body).as_str()))
+            }
+            Ok(Verdict::TestKey) => {
+                assert_eq!(trimmed, Some(sign(TEST_KEY.as_bytes(), body).as_str()))
+            }
+            Err(_) => {}
+        }
+        let good = sign(KEYS[1].as_bytes(), body);
+        assert_eq!(v.verify(Some(good.as_bytes()), body), Ok(Verdict::Key(1)));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+        #[test]
+        fn only_the_right_signature_verifies(header in prop::collection::vec(any::<u8>(), 0..64), body in prop::collection::vec(any::<u8>(), 0..128)) {
+            holds(&header, &body);
+        }
+
+        #[test]
+        fn a_signature_with_one_character_changed_is_refused(body in prop::collection::vec(any::<u8>(), 0..128), at in any::<prop::sample::Index>(), c in "[A-Za-z0-9+/]") {
+            let mut sig = sign(KEYS[0].as_bytes(), &body).into_bytes();
+            let i = at.index(43);
+            prop_assume!(sig[i] != c.as_bytes()[0]);
+            sig[i] = c.as_bytes()[0];
+            prop_assert!(verifier().verify(Some(&sig), &body).is_err());
+            holds(&sig, &body);
+        }
+    }
+}

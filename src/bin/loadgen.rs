@@ -66,6 +66,10 @@ enum Mode {
         url: String,
         #[arg(long)]
         key: String,
+        /// For an https:// URL: the PEM certificate of the CA that signed the bridge's
+        /// certificate (the chain and name are verified, as catalog360 does).
+        #[arg(long)]
+        ca_file: Option<std::path::PathBuf>,
         #[command(flatten)]
         load: Load,
     },
@@ -112,7 +116,12 @@ fn main() -> Result<()> {
     let rt = c360_bridge::runtime(cli.worker_threads)?;
     let report = rt.block_on(async {
         match cli.mode {
-            Mode::Http { url, key, load } => http(url, key, load).await,
+            Mode::Http {
+                url,
+                key,
+                ca_file,
+                load,
+            } => http(url, key, ca_file, load).await,
             Mode::DirectKafka {
                 bootstrap,
                 prefix,
@@ -184,10 +193,17 @@ async fn direct_rabbit(
     direct(sink, String::new(), None, load).await
 }
 
-async fn http(url: String, key: String, load: Load) -> Result<serde_json::Value> {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(load.concurrency)
-        .build()?;
+async fn http(
+    url: String,
+    key: String,
+    ca_file: Option<std::path::PathBuf>,
+    load: Load,
+) -> Result<serde_json::Value> {
+    let mut client = reqwest::Client::builder().pool_max_idle_per_host(load.concurrency);
+    if let Some(ca) = ca_file {
+        client = client.use_preconfigured_tls(tls_client(&ca)?);
+    }
+    let client = client.build()?;
     let pool: Arc<Vec<Template>> = Arc::new(
         (0..load.pool.max(1) as u64)
             .map(|n| Template::new(&load, n))
@@ -214,6 +230,24 @@ async fn http(url: String, key: String, load: Load) -> Result<serde_json::Value>
     })
     .await?;
     Ok(report("http", &load, tallies, started.elapsed()))
+}
+
+/// A rustls client configuration (ring) that trusts only the CA in `ca` (PEM).
+fn tls_client(ca: &std::path::Path) -> Result<tokio_rustls::rustls::ClientConfig> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))?
+    {
+        roots.add(cert.with_context(|| format!("a certificate in {}", ca.display()))?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// A generated batch whose events carry a fixed-width `bench_seq` field to stamp per send.

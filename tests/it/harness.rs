@@ -138,6 +138,13 @@ impl Bridge {
         Self::spawn(App::build(config, Some(&path)).expect("app builds")).await
     }
 
+    /// Serves an app built elsewhere (e.g. around an in-memory sink) once its sinks are ready.
+    pub async fn from_app(app: App) -> Bridge {
+        let bridge = Self::spawn(app).await;
+        bridge.wait_ready(Duration::from_secs(20)).await;
+        bridge
+    }
+
     /// Serves `app` on an ephemeral port.
     async fn spawn(app: App) -> Bridge {
         let app = Arc::new(app);
