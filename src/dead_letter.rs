@@ -192,8 +192,7 @@ pub fn look_at_kafka_topic(sink: Arc<c360_sinks::kafka::KafkaSink>, topic: Strin
         .name("c360-dead-letter-look".into())
         .spawn(move || {
             let name = sink.name().to_owned();
-            let known = sink
-                .probe_now(STARTUP_LOOK)
+            let known = ready_within(&*sink, STARTUP_LOOK)
                 .then(|| sink.knows_topic(&topic, Duration::from_secs(5)))
                 .flatten();
             match known {
@@ -208,6 +207,18 @@ pub fn look_at_kafka_topic(sink: Arc<c360_sinks::kafka::KafkaSink>, topic: Strin
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "could not look at the dead-letter topic");
     }
+}
+
+/// Whether `sink` says it is ready within `within` (its own probe keeps that up to date).
+fn ready_within(sink: &dyn Sink, within: Duration) -> bool {
+    let until = std::time::Instant::now() + within;
+    while !sink.readiness().ready {
+        if std::time::Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    true
 }
 
 /// How long a dead letter waits for its sink to be ready again before it fails.

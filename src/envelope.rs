@@ -309,7 +309,8 @@ fn hex4(digits: Option<&[u8]>) -> Option<u32> {
 }
 
 /// Whether `json` (valid JSON) nests arrays/objects `limit` levels deep or more.
-pub fn nests_at_least(json: &[u8], limit: usize) -> bool {
+#[cfg(test)]
+fn nests_at_least(json: &[u8], limit: usize) -> bool {
     matches!(check_strict(json, limit), Err(Unparsable::TooDeep(_)))
 }
 

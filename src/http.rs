@@ -1,6 +1,6 @@
 //! The HTTP surface: webhook routes, and the operational endpoints /healthz, /readyz, /metrics.
 
-use crate::answer::error_response;
+use crate::answer::{Answer, error_response};
 use crate::app::App;
 use crate::ingest;
 use crate::ledger;
@@ -22,12 +22,9 @@ pub fn router(app: Arc<App>, with_admin: bool) -> Router {
         let a = app.clone();
         let receive = move |req: axum::extract::Request| async move {
             let (parts, body) = req.into_parts();
+            let client = client_of(&parts, &a);
             let headers = parts.headers;
             let rid = request_id(&headers);
-            let client = parts
-                .extensions
-                .get::<Peer>()
-                .map(|p| client_ip(p.0.ip(), &headers, &a.trusted_proxies));
             let mut resp = ingest::receive(a, i, client, headers, body, rid.clone())
                 .await
                 .into_response();
@@ -36,17 +33,32 @@ pub fn router(app: Arc<App>, with_admin: bool) -> Router {
             }
             resp
         };
+        let a = app.clone();
+        // catalog360 checks a URL with HEAD; outside `allow_from` it gets the same 403 as a POST.
+        let head = move |req: axum::extract::Request| async move {
+            let (parts, _) = req.into_parts();
+            match ingest::admit(&a.webhooks[i], client_of(&parts, &a)) {
+                Ok(()) => StatusCode::OK.into_response(),
+                Err(r) => Answer::Rejected(r).into_response(),
+            }
+        };
         r = r.route(
             &wh.path,
-            post(receive)
-                .head(|| async { StatusCode::OK })
-                .fallback(method_not_allowed),
+            post(receive).head(head).fallback(method_not_allowed),
         );
     }
     if with_admin {
         r = r.merge(admin_routes());
     }
     r.fallback(not_found).with_state(app)
+}
+
+/// The client's address: the TCP peer, or behind a trusted proxy the address it forwarded.
+fn client_of(parts: &http::request::Parts, app: &App) -> Option<std::net::IpAddr> {
+    parts
+        .extensions
+        .get::<Peer>()
+        .map(|p| client_ip(p.0.ip(), &parts.headers, &app.trusted_proxies))
 }
 
 /// The admin router alone, for `server.admin_listen`.

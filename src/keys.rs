@@ -9,6 +9,7 @@
 use crate::config::WebhookConfig;
 use crate::metrics as m;
 use crate::signature::{TEST_KEY, Verifier};
+use crate::watch::Trigger;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -110,8 +111,6 @@ pub fn sources(wh: &WebhookConfig) -> Vec<(Origin, usize)> {
     }
     out
 }
-
-pub use crate::watch::Trigger;
 
 /// What the last look at a keys file saw: a digest of its bytes, or the kind of read error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

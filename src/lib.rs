@@ -15,6 +15,7 @@ pub mod ingest;
 pub mod keys;
 pub mod ledger;
 pub mod metrics;
+pub mod publish;
 pub mod routing;
 pub mod sample;
 pub mod server;

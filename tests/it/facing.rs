@@ -420,9 +420,13 @@ async fn an_allowed_source_is_served_and_others_get_403_before_the_body_is_read(
         started.elapsed() < Duration::from_secs(1),
         "answered before the body: the body deadline is 4.5 s"
     );
+    // catalog360's URL check (HEAD) gets the same answer; an allowed client gets 200.
+    let head = |b: &Bridge| reqwest::Client::new().head(b.url("/hook")).send();
+    assert_eq!(head(&t.bridge).await.unwrap().status(), 403);
+    assert_eq!(head(&allowed.bridge).await.unwrap().status(), 200);
     assert_eq!(published_count(&t).await, (0, 0));
     let m = metrics_text(&t.bridge).await;
-    assert!(metric(&m, "c360_forbidden_sources_total{webhook=\"hostile\"}") >= 2.0);
+    assert!(metric(&m, "c360_forbidden_sources_total{webhook=\"hostile\"}") >= 3.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,200 @@
+//! Publishing a batch's jobs: the ledger filter before, every publish started at once, the
+//! confirms awaited (each with its own deadline), permanent failures sent to the dead letter,
+//! one ledger write of what was confirmed, and the counters.
+
+use crate::answer::Rejection;
+use crate::app::App;
+use crate::dead_letter::{self, Class};
+use crate::ledger;
+use crate::metrics as m;
+use c360_sinks::{Message, Permanence, SinkError};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+
+/// One message for one sink, with its ledger key.
+pub struct Job {
+    pub sink: usize,
+    pub msg: Message,
+    /// The sink of the (event, sink) pair the job stands for: `sink`, except on a dead-letter
+    /// job, which keeps the pair (and its ledger key) of the publish it replaces.
+    pub origin: usize,
+    pub ledger_key: ledger::Key,
+    /// Set on a job to the dead-letter destination: why the event goes there.
+    pub dead_letter: Option<Permanence>,
+}
+
+/// The job that takes `job`'s event to the dead-letter destination instead (`None` without
+/// `[dead_letter]`, or when its template gives this event no legal destination either).
+pub fn divert(app: &App, job: &Job, reason: Permanence, detail: &str) -> Option<Job> {
+    let dl = app.dead_letter.as_ref()?;
+    let original_sink = app.sinks[job.sink].name();
+    let msg = dl.message(&job.msg, original_sink, reason, detail).ok()?;
+    Some(Job {
+        sink: dl.sink,
+        msg,
+        origin: job.origin,
+        ledger_key: job.ledger_key,
+        dead_letter: Some(reason),
+    })
+}
+
+/// The jobs whose (event, sink) pair the ledger has no confirm for; counts the skipped ones.
+pub async fn unconfirmed(app: &App, mut jobs: Vec<Job>) -> Vec<Job> {
+    if jobs.is_empty() {
+        return jobs;
+    }
+    let pairs: Vec<ledger::Pair> = jobs.iter().map(|j| pair(app, j)).collect();
+    let mut seen = app.ledger.seen(&pairs).await.into_iter();
+    jobs.retain(|j| {
+        let skip = seen.next().unwrap_or(false);
+        if skip {
+            m::ledger_skip(app.sinks[j.origin].name());
+        }
+        !skip
+    });
+    jobs
+}
+
+/// The ledger's view of a job: the (event, sink) pair it stands for (a dead-letter job stands
+/// for the pair of the publish it replaces).
+fn pair<'a>(app: &'a App, j: &'a Job) -> ledger::Pair<'a> {
+    ledger::Pair {
+        key: j.ledger_key,
+        webhook: &j.msg.meta.webhook,
+        event_id: &j.msg.meta.id,
+        sink: app.sinks[j.origin].name(),
+    }
+}
+
+/// Starts every job at once, waits for all confirms until the answer `deadline`.
+///
+/// The publishing runs in its own task holding the in-flight permit, so confirms that arrive
+/// after a 503 are still recorded in the ledger, and memory stays bounded by the permits.
+pub async fn publish(
+    app: &Arc<App>,
+    jobs: Vec<Job>,
+    permit: OwnedSemaphorePermit,
+    deadline: tokio::time::Instant,
+) -> Result<(), Rejection> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let (tx, rx) = oneshot::channel();
+    let task_app = app.clone();
+    app.tasks.spawn(async move {
+        let _permit = permit;
+        let _gauge = m::InFlight::enter();
+        let outcome = publish_all(&task_app, jobs).await;
+        let _ = tx.send(outcome);
+    });
+    match tokio::time::timeout_at(deadline, rx).await {
+        Ok(Ok(failures)) => match failures.first() {
+            None => Ok(()),
+            Some(e) => Err(Rejection::Unconfirmed {
+                failed: failures.len(),
+                first: e.to_string(),
+            }),
+        },
+        Ok(Err(_)) => Err(Rejection::Unconfirmed {
+            failed: 0,
+            first: "publish task ended".into(),
+        }),
+        Err(_) => Err(Rejection::DeadlineExceeded(app.answer_deadline)),
+    }
+}
+
+/// Publishes the jobs, then sends the events that failed permanently to the dead letter;
+/// returns why each message that is still unconfirmed failed.
+async fn publish_all(app: &App, jobs: Vec<Job>) -> Vec<SinkError> {
+    let started = Instant::now();
+    let (mut confirmed, mut failed) = attempt(app, jobs).await;
+    let diverted = dead_letters(app, &mut failed);
+    if !diverted.is_empty() {
+        let (letters, lost) = attempt(app, diverted).await;
+        confirmed.extend(letters);
+        failed.extend(lost);
+    }
+    // One ledger write per batch, of the pairs confirmed at their destination or dead letter.
+    let pairs: Vec<ledger::Pair> = confirmed.iter().map(|j| pair(app, j)).collect();
+    app.ledger.record(&pairs).await;
+    count(app, &confirmed, &failed);
+    m::publish_latency(started.elapsed());
+    failed.into_iter().map(|(_, e)| e).collect()
+}
+
+/// Starts every job at once and waits for all confirms; returns the confirmed jobs and the
+/// failed ones with why.
+async fn attempt(app: &App, jobs: Vec<Job>) -> (Vec<Job>, Vec<(Job, SinkError)>) {
+    // Each publish has its own deadline, so the confirms that did arrive are still recorded
+    // when another sink never answers.
+    let results = futures::future::join_all(jobs.iter().map(|j| async {
+        let sink = &*app.sinks[j.sink];
+        let publish = async {
+            match j.dead_letter {
+                None => sink.publish(&j.msg).await,
+                Some(_) => dead_letter::publish(sink, &j.msg).await,
+            }
+        };
+        tokio::time::timeout(app.publish_deadline, publish)
+            .await
+            .unwrap_or_else(|_| {
+                Err(SinkError::Timeout(
+                    "no confirm before the publish deadline".into(),
+                ))
+            })
+    }))
+    .await;
+    let mut confirmed = Vec::with_capacity(jobs.len());
+    let mut failed = Vec::new();
+    for (job, r) in jobs.into_iter().zip(results) {
+        match r {
+            Ok(()) => confirmed.push(job),
+            Err(e) => failed.push((job, e)),
+        }
+    }
+    (confirmed, failed)
+}
+
+/// Takes the permanent failures out of `failed` and returns their dead-letter jobs (none
+/// without `[dead_letter]`; a failed dead letter is never dead-lettered again).
+fn dead_letters(app: &App, failed: &mut Vec<(Job, SinkError)>) -> Vec<Job> {
+    if app.dead_letter.is_none() {
+        return Vec::new();
+    }
+    let mut diverted = Vec::new();
+    failed.retain(|(job, e)| {
+        let to = match dead_letter::classify(e) {
+            Class::Permanent(reason) if job.dead_letter.is_none() => {
+                divert(app, job, reason, e.detail())
+            }
+            _ => None,
+        };
+        let keep = to.is_none();
+        diverted.extend(to);
+        keep
+    });
+    diverted
+}
+
+fn count(app: &App, confirmed: &[Job], failed: &[(Job, SinkError)]) {
+    let mut per_destination: HashMap<(usize, &str), u64> = HashMap::new();
+    for j in confirmed {
+        *per_destination
+            .entry((j.sink, j.msg.destination.as_str()))
+            .or_default() += 1;
+        if let Some(reason) = j.dead_letter {
+            dead_letter::confirmed(&j.msg, reason);
+        }
+    }
+    for ((sink, topic), n) in per_destination {
+        m::events_published(app.sinks[sink].name(), topic, n);
+    }
+    for (j, e) in failed {
+        m::publish_failure(app.sinks[j.sink].name(), e.code());
+        if j.dead_letter.is_some() {
+            dead_letter::failed(&j.msg, e);
+        }
+    }
+}
