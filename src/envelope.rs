@@ -223,6 +223,8 @@ pub enum Unparsable {
     LoneSurrogate,
     /// A number beyond f64's range (`1e400`): serde_json refuses it ("number out of range").
     NumberOutOfRange,
+    /// `event_class` or `payload_class` twice at the top of the event.
+    RepeatedField,
 }
 
 /// Checks valid JSON `json` for what strict consumers refuse although the JSON grammar allows
@@ -231,17 +233,32 @@ pub enum Unparsable {
 /// costs one pass and no stack.
 pub fn check_strict(json: &[u8], max_depth: usize) -> Result<(), Unparsable> {
     let mut depth = 0usize;
+    let mut object = false;
+    let mut key_next = false;
+    let mut heads = [0u8; 2];
     let mut i = 0;
     while i < json.len() {
         match json[i] {
-            b'"' => i = check_string(json, i + 1)?,
-            b'{' | b'[' => {
+            b'"' => {
+                let end = check_string(json, i + 1)?;
+                if depth == 1 && key_next {
+                    count_head(&json[i..(end + 1).min(json.len())], &mut heads)?;
+                    key_next = false;
+                }
+                i = end;
+            }
+            open @ (b'{' | b'[') => {
                 depth += 1;
                 if depth >= max_depth {
                     return Err(Unparsable::TooDeep(max_depth));
                 }
+                if depth == 1 {
+                    object = open == b'{';
+                    key_next = object;
+                }
             }
             b'}' | b']' => depth = depth.saturating_sub(1),
+            b',' if depth == 1 => key_next = object,
             b'-' | b'0'..=b'9' => {
                 i = check_number(json, i)?;
                 continue;
@@ -249,6 +266,30 @@ pub fn check_strict(json: &[u8], max_depth: usize) -> Result<(), Unparsable> {
             _ => {}
         }
         i += 1;
+    }
+    Ok(())
+}
+
+/// Counts a top-level key (`raw`, with its quotes) if it is one the bridge routes on; a second
+/// `event_class` or `payload_class` is refused: the bridge reads the first, serde_json and most
+/// consumers the last, so the event would be routed by a value its consumers never see.
+fn count_head(raw: &[u8], heads: &mut [u8; 2]) -> Result<(), Unparsable> {
+    let escaped;
+    let name = if raw.contains(&b'\\') {
+        escaped = serde_json::from_slice::<String>(raw).unwrap_or_default();
+        escaped.as_str()
+    } else {
+        std::str::from_utf8(raw.get(1..raw.len().saturating_sub(1)).unwrap_or_default())
+            .unwrap_or_default()
+    };
+    let slot = match name {
+        "event_class" => 0,
+        "payload_class" => 1,
+        _ => return Ok(()),
+    };
+    heads[slot] += 1;
+    if heads[slot] > 1 {
+        return Err(Unparsable::RepeatedField);
     }
     Ok(())
 }
@@ -325,6 +366,11 @@ fn event(index: usize, raw: &RawValue, max_depth: usize) -> Result<Event<'_>, En
             return Err(bad(&format!(
                 "nested {d} levels deep or more (this webhook's max_depth)"
             )));
+        }
+        Err(Unparsable::RepeatedField) => {
+            return Err(bad(
+                "event_class or payload_class appears twice (consumers would read another value than the one it is routed by)",
+            ));
         }
         Err(Unparsable::NumberOutOfRange) => {
             return Err(bad("a number is beyond the range of a 64-bit float"));
@@ -557,6 +603,19 @@ mod tests {
             matches!(e, EnvelopeError::BadEvent { index: 0, .. }),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn a_repeated_head_field_is_refused_wherever_it_repeats() {
+        // Found by the envelope fuzz target: the bridge routed by the first event_class, a
+        // consumer's serde_json read the second.
+        let found = br#"{"events":[{"event_class":"task_created","payload_class":"task","event_cl\u0061ss":"e3","payload":{"old":{"id":"x"}}}]}"#;
+        let e = split(found, 10).unwrap_err();
+        assert!(e.to_string().contains("appears twice"), "{e}");
+        let late = br#"{"events":[{"event_class":"a","payload_class":"t","payload":{"event_class":"inner"},"payload_class":"u"}]}"#;
+        assert!(split(late, 10).is_err());
+        let nested_only = br#"{"events":[{"event_class":"a","payload":{"event_class":"b","x":["event_class","event_class"]}}]}"#;
+        assert_eq!(split(nested_only, 10).unwrap()[0].event_class, "a");
     }
 
     #[test]

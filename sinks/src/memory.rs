@@ -27,6 +27,15 @@ impl MemorySink {
         self.published.lock().map(|p| p.clone()).unwrap_or_default()
     }
 
+    /// Takes every message published so far, leaving none (keeps a long run, such as a
+    /// fuzzer's, from growing).
+    pub fn take(&self) -> Vec<Message> {
+        self.published
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default()
+    }
+
     /// Makes later publishes fail (`true`) or succeed (`false`).
     pub fn fail(&self, failing: bool) {
         self.failing.store(failing, Ordering::Relaxed);
