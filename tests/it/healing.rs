@@ -205,31 +205,63 @@ async fn tansu_restarted_empty_under_a_running_bridge_gets_200s_within_two_ack_t
     );
 }
 
+/// What a silent partition of a broker's port did to a bridge that had delivered before it.
+struct Cut {
+    sent: Vec<Sent>,
+    /// From the cut until /readyz said 503.
+    unready: Duration,
+    /// From the heal until the first 200.
+    to_first_200: Duration,
+}
+
+/// Cuts `port` under `bridge` for `hold`: /readyz must turn 503 within `unready_within`,
+/// batches sent during the cut get 503 on time, and their resend after the heal gets 200.
+async fn through_a_partition(
+    bridge: &Bridge,
+    port: u16,
+    hold: Duration,
+    unready_within: Duration,
+) -> Cut {
+    let (mut sent, _) = resend_until_ok(bridge, &fresh(3), Duration::from_secs(1)).await;
+    let cut = Partition::cut(port);
+    let cut_at = Instant::now();
+    wait_not_ready_at(&bridge.url(""), unready_within).await;
+    let unready = cut_at.elapsed();
+    let hit = fresh(5);
+    sent.push(refused_in_time(bridge, &hit, Duration::from_secs(3)).await);
+    // Longer than ack_timeout, as a cloud network blip can be.
+    tokio::time::sleep(hold.saturating_sub(cut_at.elapsed())).await;
+    sent.push(refused_in_time(bridge, &hit, Duration::from_secs(3)).await);
+    drop(cut);
+    let (again, to_first_200) = resend_until_ok(bridge, &hit, Duration::from_secs(30)).await;
+    sent.extend(again);
+    Cut {
+        sent,
+        unready,
+        to_first_200,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_partition_from_tansu_gets_503s_on_time_then_200s_without_a_restart() {
     let tansu = Tansu::start_memory().await;
     create_topics(&tansu.addr, &["t".into()], 1).await;
     let bridge = Bridge::start(&kafka_toml("kafka", &tansu.addr, "t", "3s")).await;
-    let (mut sent, _) = resend_until_ok(&bridge, &fresh(3), Duration::from_secs(1)).await;
-    let cut = Partition::cut(tansu.port);
-    let cut_at = Instant::now();
-    wait_not_ready_at(&bridge.url(""), Duration::from_secs(5)).await;
-    let unready = cut_at.elapsed();
-    let hit = fresh(5);
-    sent.push(refused_in_time(&bridge, &hit, Duration::from_secs(3)).await);
-    // Longer than ack_timeout, as a cloud network blip can be.
-    tokio::time::sleep(Duration::from_secs(5).saturating_sub(cut_at.elapsed())).await;
-    sent.push(refused_in_time(&bridge, &hit, Duration::from_secs(3)).await);
-    drop(cut);
-    let (again, took) = resend_until_ok(&bridge, &hit, Duration::from_secs(30)).await;
-    sent.extend(again);
+    // The metadata probe (every 0.5 s, 1 s timeout) notices.
+    let c = through_a_partition(
+        &bridge,
+        tansu.port,
+        Duration::from_secs(5),
+        Duration::from_secs(5),
+    )
+    .await;
     let got = payloads(&consume(&tansu.addr, "t", 1).await);
-    let t = conservation("silent partition from tansu", &sent, &got);
-    eprintln!("tansu partition: not ready {unready:?} after the cut");
-    heal_row("silent partition from tansu (5 s)", took, &t);
+    let t = conservation("silent partition from tansu", &c.sent, &got);
+    eprintln!("tansu partition: not ready {:?} after the cut", c.unready);
+    heal_row("silent partition from tansu (5 s)", c.to_first_200, &t);
 }
 
-/// The RabbitMQ URL of the harness with a 2 s heartbeat, so a silent partition is noticed fast.
+/// A bridge with one RabbitMQ sink named `sink` at `url`, publishing to `exchange`.
 fn rabbit_toml(sink: &str, url: &str, exchange: &str) -> String {
     format!(
         "[server]\nack_timeout = \"3s\"\n{}{}{}",
@@ -244,25 +276,23 @@ async fn a_silent_partition_from_rabbitmq_gets_503s_on_time_then_200s_without_a_
     let _exclusive = SHARED_BROKERS.write().await;
     let exchange = unique("x");
     let queue = Queue::bind(&exchange, &["#"], FieldTable::default()).await;
+    // A 2 s heartbeat: two missed ones drop the connection.
     let url = format!("{RABBIT_URL}?heartbeat=2");
     let bridge = Bridge::start(&rabbit_toml("rabbit", &url, &exchange)).await;
-    let (mut sent, _) = resend_until_ok(&bridge, &fresh(3), Duration::from_secs(1)).await;
-    let cut = Partition::cut(5672);
-    let cut_at = Instant::now();
-    // Two missed heartbeats of 2 s.
-    wait_not_ready_at(&bridge.url(""), Duration::from_secs(8)).await;
-    let unready = cut_at.elapsed();
-    let hit = fresh(5);
-    sent.push(refused_in_time(&bridge, &hit, Duration::from_secs(3)).await);
-    tokio::time::sleep(Duration::from_secs(8).saturating_sub(cut_at.elapsed())).await;
-    sent.push(refused_in_time(&bridge, &hit, Duration::from_secs(3)).await);
-    drop(cut);
-    let (again, took) = resend_until_ok(&bridge, &hit, Duration::from_secs(30)).await;
-    sent.extend(again);
+    let c = through_a_partition(
+        &bridge,
+        5672,
+        Duration::from_secs(8),
+        Duration::from_secs(8),
+    )
+    .await;
     let got: Vec<Vec<u8>> = queue.drain().await.into_iter().map(|m| m.body).collect();
-    let t = conservation("silent partition from RabbitMQ", &sent, &got);
-    eprintln!("RabbitMQ partition: not ready {unready:?} after the cut");
-    heal_row("silent partition from RabbitMQ (8 s)", took, &t);
+    let t = conservation("silent partition from RabbitMQ", &c.sent, &got);
+    eprintln!(
+        "RabbitMQ partition: not ready {:?} after the cut",
+        c.unready
+    );
+    heal_row("silent partition from RabbitMQ (8 s)", c.to_first_200, &t);
 }
 
 /// Waits until /readyz is 503 with `needle` in its detail (the sink's first connection
