@@ -164,23 +164,30 @@ fi
 # ---------------------------------------------------------------------------------------------
 # 3. config/*.toml
 # ---------------------------------------------------------------------------------------------
+# C360_BRIDGE_* variables of the caller would override the files: check the files alone.
+mapfile -t strip < <(compgen -e | grep '^C360_BRIDGE_' | sed 's/^/-u/' || true)
+# bridge_check FILE LABEL [VAR=value...]: `c360-bridge check` of FILE with those variables set.
+bridge_check() {
+  local file=$1 label=$2 out; shift 2
+  if out=$(env "${strip[@]}" "$@" cargo run -q --locked -- check --config "$file" 2>&1); then
+    ok "$label"
+  else
+    printf '%s\n' "$out"
+    fail "${label%% (*}"
+  fi
+}
 # Build once, so that a compile error shows once and the checks below do not race the build.
-if ! cargo build -q --locked --bin c360-bridge; then
+built=true
+cargo build -q --locked --bin c360-bridge || built=false
+if ! $built; then
   fail "cargo build (cannot check the configuration files)"
 else
-  # C360_BRIDGE_* variables of the caller would override the files: check the files alone.
-  mapfile -t strip < <(compgen -e | grep '^C360_BRIDGE_' | sed 's/^/-u/' || true)
   for file in config/*.toml; do
     vars=()
     while read -r var; do
       vars+=("$var=x")
     done < <(sed -n 's/^[[:space:]]*keys_env[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' "$file")
-    if out=$(env "${strip[@]}" "${vars[@]}" cargo run -q --locked -- check --config "$file" 2>&1); then
-      ok "$file: c360-bridge check${vars:+ (with ${vars[*]})}"
-    else
-      printf '%s\n' "$out"
-      fail "$file: c360-bridge check"
-    fi
+    bridge_check "$file" "$file: c360-bridge check${vars:+ (with ${vars[*]})}" "${vars[@]}"
   done
 fi
 
@@ -282,16 +289,10 @@ PY
   fi
 fi
 # Its config.toml, with keys_file pointed at a dummy keys file (the Secret exists only in a pod).
-if cargo build -q --locked --bin c360-bridge 2>/dev/null; then
+if $built; then
   printf 'dummy-key\n' >"$RENDERED/keys"
   sed "s#^keys_file = .*#keys_file = \"$RENDERED/keys\"#" "$KDIR/config.toml" >"$RENDERED/config.toml"
-  mapfile -t strip < <(compgen -e | grep '^C360_BRIDGE_' | sed 's/^/-u/' || true)
-  if out=$(env "${strip[@]}" cargo run -q --locked -- check --config "$RENDERED/config.toml" 2>&1); then
-    ok "$KDIR/config.toml: c360-bridge check (keys_file replaced by a dummy file)"
-  else
-    printf '%s\n' "$out"
-    fail "$KDIR/config.toml: c360-bridge check"
-  fi
+  bridge_check "$RENDERED/config.toml" "$KDIR/config.toml: c360-bridge check (keys_file replaced by a dummy file)"
 fi
 
 echo "check-deploy: $passed passed, $failed failed"

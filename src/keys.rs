@@ -15,8 +15,6 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 /// Why keys could not be taken from a file. Never holds a key.
 #[derive(Debug, thiserror::Error)]
@@ -253,18 +251,6 @@ pub fn reload_all(webhooks: &[Arc<WebhookKeys>], trigger: Trigger) {
     for w in webhooks {
         w.reload(trigger);
     }
-}
-
-/// Polls the keys files every `every` and re-reads them on SIGHUP, until `stop`.
-pub async fn watch(webhooks: Vec<Arc<WebhookKeys>>, every: Duration, stop: CancellationToken) {
-    let polled = webhooks.iter().any(|w| w.has_file());
-    let reload: crate::watch::Reload = Arc::new(move |t| reload_all(&webhooks, t));
-    crate::watch::run(reload, polled, every, stop, || {
-        tracing::info!(
-            "SIGHUP: no webhook reads its keys from keys_file; inline and keys_env keys change only with a restart"
-        )
-    })
-    .await;
 }
 
 #[cfg(test)]

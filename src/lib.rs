@@ -57,23 +57,7 @@ pub async fn serve(
         flag.begin_shutdown();
         trigger.cancel();
     });
-    tokio::spawn(keys::watch(
-        app.webhook_keys(),
-        app.keys_poll_interval,
-        stop.clone(),
-    ));
-    if let Some(tls) = app.tls.clone() {
-        let reload: watch::Reload = Arc::new(move |t| {
-            tls.reload(t);
-        });
-        tokio::spawn(watch::run(
-            reload,
-            true,
-            app.keys_poll_interval,
-            stop.clone(),
-            || {},
-        ));
-    }
+    tokio::spawn(watch_files(&app, stop.clone()));
     let main = server::Listener {
         name: "webhook",
         router: http::router(app.clone(), admin.is_none()),
@@ -96,4 +80,23 @@ pub async fn serve(
     app.finish().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// One watcher for every file re-read while running: the keys files and the TLS pair, polled
+/// every `server.keys_poll_interval` and re-read on SIGHUP.
+fn watch_files(app: &App, stop: CancellationToken) -> impl Future<Output = ()> + use<> {
+    let webhooks = app.webhook_keys();
+    let tls = app.tls.clone();
+    let polled = tls.is_some() || webhooks.iter().any(|w| w.has_file());
+    let reload: watch::Reload = Arc::new(move |t| {
+        keys::reload_all(&webhooks, t);
+        if let Some(tls) = &tls {
+            tls.reload(t);
+        }
+    });
+    watch::run(reload, polled, app.keys_poll_interval, stop, || {
+        tracing::info!(
+            "SIGHUP: nothing is read from a file (no keys_file, no server.tls); inline and keys_env keys change only with a restart"
+        )
+    })
 }

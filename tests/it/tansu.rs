@@ -24,10 +24,7 @@ impl Tansu {
     }
 
     async fn start(sqlite: bool) -> Tansu {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = crate::harness::free_port();
         let mut t = Tansu {
             addr: format!("127.0.0.1:{port}"),
             port,
