@@ -317,31 +317,46 @@ fn check_number(json: &[u8], start: usize) -> Result<usize, Unparsable> {
 }
 
 /// Walks a string body from `i` (after its opening quote) to its closing quote, whose index it
-/// returns; checks that surrogate escapes come in pairs.
+/// returns; checks that surrogate escapes come in pairs. Plain text is skipped with `memchr2`
+/// up to the next quote or backslash, so a long string costs a vectorised search, not a loop
+/// over its bytes.
 fn check_string(json: &[u8], mut i: usize) -> Result<usize, Unparsable> {
     let mut pending_high = false;
-    while i < json.len() {
-        match json[i] {
-            b'"' if !pending_high => return Ok(i),
-            b'\\' if json.get(i + 1) == Some(&b'u') => {
-                let unit = hex4(json.get(i + 2..i + 6));
-                match unit {
-                    Some(0xD800..=0xDBFF) if !pending_high => pending_high = true,
-                    Some(0xDC00..=0xDFFF) if pending_high => pending_high = false,
-                    Some(0xD800..=0xDFFF) => return Err(Unparsable::LoneSurrogate),
-                    _ if pending_high => return Err(Unparsable::LoneSurrogate),
-                    _ => {}
+    loop {
+        if pending_high {
+            // A high surrogate must be followed at once by a low one.
+            match unicode_escape(json, i) {
+                Some(0xDC00..=0xDFFF) => {
+                    pending_high = false;
+                    i += 6;
+                    continue;
                 }
-                i += 6;
-                continue;
+                _ => return Err(Unparsable::LoneSurrogate),
             }
-            _ if pending_high => return Err(Unparsable::LoneSurrogate),
-            b'\\' => i += 1,
+        }
+        let Some(at) = memchr::memchr2(b'"', b'\\', json.get(i..).unwrap_or_default()) else {
+            return Ok(json.len());
+        };
+        i += at;
+        if json[i] == b'"' {
+            return Ok(i);
+        }
+        match unicode_escape(json, i) {
+            Some(0xD800..=0xDBFF) => pending_high = true,
+            Some(0xDC00..=0xDFFF) => return Err(Unparsable::LoneSurrogate),
             _ => {}
         }
-        i += 1;
+        // `\uXXXX` is six bytes, any other escape two.
+        i += if json.get(i + 1) == Some(&b'u') { 6 } else { 2 };
     }
-    Ok(i)
+}
+
+/// The code unit of the `\uXXXX` escape at `i`, if there is one.
+fn unicode_escape(json: &[u8], i: usize) -> Option<u32> {
+    if json.get(i..i + 2) != Some(b"\\u") {
+        return None;
+    }
+    hex4(json.get(i + 2..i + 6))
 }
 
 fn hex4(digits: Option<&[u8]>) -> Option<u32> {
