@@ -224,21 +224,34 @@ fn ready_within(sink: &dyn Sink, within: Duration) -> bool {
 /// How long a dead letter waits for its sink to be ready again before it fails.
 const REBUILD_WAIT: Duration = Duration::from_secs(2);
 
-/// Publishes a dead letter to `sink`. A sink that is unavailable is waited for (up to
-/// `REBUILD_WAIT`) and tried once more: RabbitMQ closes the channel over a too-large message and
-/// the sink rebuilds its link, so a dead letter on the same sink would otherwise fail every time
-/// its event is resent.
-pub async fn publish(sink: &dyn Sink, msg: &Message) -> Result<(), SinkError> {
-    match sink.publish(msg).await {
-        Err(SinkError::Unavailable(_)) => {
-            let until = Instant::now() + REBUILD_WAIT;
-            while !sink.readiness().ready && Instant::now() < until {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            sink.publish(msg).await
-        }
-        other => other,
+/// Publishes dead letters to `sink`. If the sink is unavailable, the publish waits up to
+/// `REBUILD_WAIT` for it and tries once more. RabbitMQ closes the channel when a message is
+/// too large, and the sink then rebuilds its link. Without the retry, a dead letter sent to
+/// the same sink would fail every time its event is resent.
+pub async fn publish(
+    sink: &dyn Sink,
+    msgs: &[&Message],
+    deadline: tokio::time::Instant,
+) -> Vec<Result<(), SinkError>> {
+    let mut results = sink.publish_many(msgs, deadline).await;
+    let again: Vec<usize> = (0..results.len())
+        .filter(|&i| matches!(results[i], Err(SinkError::Unavailable(_))))
+        .collect();
+    if again.is_empty() {
+        return results;
     }
+    let until = Instant::now() + REBUILD_WAIT;
+    while !sink.readiness().ready && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let retry: Vec<&Message> = again.iter().map(|&i| msgs[i]).collect();
+    for (i, r) in again
+        .into_iter()
+        .zip(sink.publish_many(&retry, deadline).await)
+    {
+        results[i] = r;
+    }
+    results
 }
 
 /// Logs (WARN) and counts an event its dead-letter destination confirmed.
@@ -314,10 +327,12 @@ mod tests {
             }),
         };
         let (s, m) = (sink.clone(), msg.clone());
-        let publishing = tokio::spawn(async move { publish(&*s, &m).await });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let publishing = tokio::spawn(async move { publish(&*s, &[&m], deadline).await });
         tokio::time::sleep(Duration::from_millis(100)).await;
         sink.fail(false); // the link is rebuilt
-        assert!(publishing.await.unwrap().is_ok());
+        let results = publishing.await.unwrap();
+        assert!(matches!(results[..], [Ok(())]), "{results:?}");
         assert_eq!(sink.published().len(), 1);
     }
 

@@ -91,70 +91,6 @@ impl<'de> Visitor<'de> for EventsVisitor {
     }
 }
 
-/// The top-level fields of an event the bridge routes on, as raw JSON.
-#[derive(Default)]
-struct Head<'a> {
-    event_class: Option<&'a RawValue>,
-    payload_class: Option<&'a RawValue>,
-}
-
-impl<'a> Head<'a> {
-    /// Reads `raw`'s head, stopping as soon as both fields are known. The whole event was
-    /// validated as JSON when the envelope was split, so the rest (usually the bulk: the
-    /// payload) need not be read again; a repeated field after that point goes unnoticed.
-    fn read(raw: &'a RawValue) -> Result<Self, serde_json::Error> {
-        let mut head = Head::default();
-        let mut de = serde_json::Deserializer::from_str(raw.get());
-        match HeadSeed(&mut head).deserialize(&mut de) {
-            Ok(()) => Ok(head),
-            Err(_) if head.complete() => Ok(head),
-            Err(e) => Err(e),
-        }
-    }
-
-    fn complete(&self) -> bool {
-        self.event_class.is_some() && self.payload_class.is_some()
-    }
-}
-
-/// Fills a [`Head`]; returns early (which the deserializer reports as an error) once complete.
-struct HeadSeed<'h, 'a>(&'h mut Head<'a>);
-
-impl<'de> DeserializeSeed<'de> for HeadSeed<'_, 'de> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for HeadSeed<'_, 'de> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        const FIELDS: [&str; 2] = ["event_class", "payload_class"];
-        while let Some(field) = map.next_key_seed(KeyIndex(&FIELDS))? {
-            let slot = match field {
-                Some(0) => &mut self.0.event_class,
-                Some(_) => &mut self.0.payload_class,
-                None => {
-                    map.next_value::<IgnoredAny>()?;
-                    continue;
-                }
-            };
-            if slot.is_some() {
-                return Err(serde::de::Error::custom("repeated field"));
-            }
-            *slot = Some(map.next_value()?);
-            if self.0.complete() {
-                return Ok(());
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Deserializes an object key to its index among `names` (None for any other key), without
 /// allocating for the key.
 struct KeyIndex<'n>(&'n [&'n str]);
@@ -227,22 +163,37 @@ pub enum Unparsable {
     RepeatedField,
 }
 
+/// Where the fields the bridge routes on start in an event, found by [`check_strict`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Heads {
+    /// Whether the event is a JSON object.
+    pub object: bool,
+    /// Offset of the value of the top-level `event_class`.
+    pub event_class: Option<usize>,
+    /// Offset of the value of the top-level `payload_class`.
+    pub payload_class: Option<usize>,
+}
+
 /// Checks valid JSON `json` for what strict consumers refuse although the JSON grammar allows
-/// it: nesting that reaches `max_depth` (serde_json's rule: the outermost value counts 1) and
-/// lone surrogate escapes. One loop over the bytes with a counter, no recursion: any depth
-/// costs one pass and no stack.
-pub fn check_strict(json: &[u8], max_depth: usize) -> Result<(), Unparsable> {
+/// it: nesting that reaches `max_depth` (serde_json's rule: the outermost value counts 1), lone
+/// surrogate escapes, numbers beyond f64 and a repeated routing field. On the way it notes
+/// where the values of `event_class` and `payload_class` start, so they are read without a
+/// second pass. One loop over the bytes with a counter, no recursion: any depth costs one pass
+/// and no stack.
+pub fn check_strict(json: &[u8], max_depth: usize) -> Result<Heads, Unparsable> {
+    let mut heads = Heads::default();
     let mut depth = 0usize;
-    let mut object = false;
     let mut key_next = false;
-    let mut heads = [0u8; 2];
     let mut i = 0;
     while i < json.len() {
         match json[i] {
             b'"' => {
                 let end = check_string(json, i + 1)?;
                 if depth == 1 && key_next {
-                    count_head(&json[i..(end + 1).min(json.len())], &mut heads)?;
+                    let key = &json[i..(end + 1).min(json.len())];
+                    if let Some(slot) = head_slot(key, &mut heads)? {
+                        *slot = Some(value_start(json, end + 1));
+                    }
                     key_next = false;
                 }
                 i = end;
@@ -253,12 +204,12 @@ pub fn check_strict(json: &[u8], max_depth: usize) -> Result<(), Unparsable> {
                     return Err(Unparsable::TooDeep(max_depth));
                 }
                 if depth == 1 {
-                    object = open == b'{';
-                    key_next = object;
+                    heads.object = open == b'{';
+                    key_next = heads.object;
                 }
             }
             b'}' | b']' => depth = depth.saturating_sub(1),
-            b',' if depth == 1 => key_next = object,
+            b',' if depth == 1 => key_next = heads.object,
             b'-' | b'0'..=b'9' => {
                 i = check_number(json, i)?;
                 continue;
@@ -267,13 +218,16 @@ pub fn check_strict(json: &[u8], max_depth: usize) -> Result<(), Unparsable> {
         }
         i += 1;
     }
-    Ok(())
+    Ok(heads)
 }
 
-/// Counts a top-level key (`raw`, with its quotes) if it is one the bridge routes on; a second
-/// `event_class` or `payload_class` is refused: the bridge reads the first, serde_json and most
-/// consumers the last, so the event would be routed by a value its consumers never see.
-fn count_head(raw: &[u8], heads: &mut [u8; 2]) -> Result<(), Unparsable> {
+/// The slot of a top-level key (`raw`, with its quotes) if it is one the bridge routes on; a
+/// second `event_class` or `payload_class` is refused: the bridge reads the first, serde_json
+/// and most consumers the last, so the event would be routed by a value its consumers never see.
+fn head_slot<'h>(
+    raw: &[u8],
+    heads: &'h mut Heads,
+) -> Result<Option<&'h mut Option<usize>>, Unparsable> {
     let escaped;
     let name = if raw.contains(&b'\\') {
         escaped = serde_json::from_slice::<String>(raw).unwrap_or_default();
@@ -283,15 +237,23 @@ fn count_head(raw: &[u8], heads: &mut [u8; 2]) -> Result<(), Unparsable> {
             .unwrap_or_default()
     };
     let slot = match name {
-        "event_class" => 0,
-        "payload_class" => 1,
-        _ => return Ok(()),
+        "event_class" => &mut heads.event_class,
+        "payload_class" => &mut heads.payload_class,
+        _ => return Ok(None),
     };
-    heads[slot] += 1;
-    if heads[slot] > 1 {
+    if slot.is_some() {
         return Err(Unparsable::RepeatedField);
     }
-    Ok(())
+    Ok(Some(slot))
+}
+
+/// The offset of the value after a key that ends before `i` (past the `:` and any whitespace).
+fn value_start(json: &[u8], i: usize) -> usize {
+    let rest = json.get(i..).unwrap_or_default();
+    i + rest
+        .iter()
+        .take_while(|b| matches!(b, b':' | b' ' | b'\t' | b'\n' | b'\r'))
+        .count()
 }
 
 /// Checks the number starting at `i` and returns the index after it. Only a number with an
@@ -375,8 +337,9 @@ fn event(index: usize, raw: &RawValue, max_depth: usize) -> Result<Event<'_>, En
         index,
         reason: reason.to_owned(),
     };
-    match check_strict(raw.get().as_bytes(), max_depth) {
-        Ok(()) => {}
+    let json = raw.get();
+    let heads = match check_strict(json.as_bytes(), max_depth) {
+        Ok(heads) => heads,
         Err(Unparsable::TooDeep(d)) => {
             return Err(bad(&format!(
                 "nested {d} levels deep or more (this webhook's max_depth)"
@@ -395,20 +358,25 @@ fn event(index: usize, raw: &RawValue, max_depth: usize) -> Result<Event<'_>, En
                 "a string holds a lone surrogate escape (\\uD800-\\uDFFF), not Unicode text",
             ));
         }
+    };
+    if !heads.object {
+        return Err(bad("not a JSON object"));
     }
-    let head = Head::read(raw).map_err(|_| bad("not a JSON object"))?;
-    let class = head.event_class.ok_or_else(|| bad("has no event_class"))?;
-    let event_class: String =
-        serde_json::from_str(class.get()).map_err(|_| bad("event_class is not a string"))?;
+    let class = heads.event_class.ok_or_else(|| bad("has no event_class"))?;
+    let event_class = string_at(json, class).ok_or_else(|| bad("event_class is not a string"))?;
     // Only a string names a payload class; anything else counts as none (the bytes pass as sent).
-    let payload_class = head
-        .payload_class
-        .and_then(|p| serde_json::from_str::<String>(p.get()).ok());
+    let payload_class = heads.payload_class.and_then(|at| string_at(json, at));
     Ok(Event {
         raw,
         event_class,
         payload_class,
     })
+}
+
+/// The JSON string that starts at `at` in `json`, unescaped (`None` for any other value).
+fn string_at(json: &str, at: usize) -> Option<String> {
+    let mut de = serde_json::Deserializer::from_str(json.get(at..)?);
+    String::deserialize(&mut de).ok()
 }
 
 /// Follows a JSON pointer (already split into segments) into `raw` without parsing the rest.
@@ -464,6 +432,33 @@ mod tests {
 
     fn seg(p: &str) -> Vec<String> {
         p.split('/').skip(1).map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn routing_fields_are_read_wherever_they_stand_and_however_spelled() {
+        let body = br#"{"events":[
+            {"payload":{"event_class":"inner"},"payload_class" :	"task","event_class": "task_created"},
+            {"event_\u0063lass":"a\u0062c","x":[1,{"payload_class":"no"}]},
+            {"event_class":"k","payload_class":7}
+        ]}"#;
+        let events = split(body, 10).unwrap();
+        let heads: Vec<(&str, Option<&str>)> = events
+            .iter()
+            .map(|e| (e.event_class.as_str(), e.payload_class.as_deref()))
+            .collect();
+        assert_eq!(
+            heads,
+            [("task_created", Some("task")), ("abc", None), ("k", None)]
+        );
+    }
+
+    #[test]
+    fn an_event_that_is_no_object_is_refused() {
+        for event in [r#"["event_class"]"#, r#""event_class""#, "7", "null"] {
+            let body = format!(r#"{{"events":[{event}]}}"#);
+            let err = split(body.as_bytes(), 10).unwrap_err();
+            assert_eq!(err.code(), "invalid_event", "{event}");
+        }
     }
 
     #[test]
@@ -595,7 +590,7 @@ mod tests {
     fn lone_surrogates_are_refused_and_pairs_pass() {
         let ok = [r#""\ud83d\ude00""#, r#""a\\ud800""#, r#""\u0041\"\\""#];
         for s in ok {
-            assert_eq!(check_strict(s.as_bytes(), 128), Ok(()), "{s}");
+            assert_eq!(check_strict(s.as_bytes(), 128).map(drop), Ok(()), "{s}");
             assert!(serde_json::from_str::<serde_json::Value>(s).is_ok(), "{s}");
         }
         let bad = [
@@ -645,7 +640,7 @@ mod tests {
             assert!(serde_json::from_str::<serde_json::Value>(n).is_err(), "{n}");
         }
         for n in ["1e308", "-0.5e-400", "123456789012345678901234567890", "0"] {
-            assert_eq!(check_strict(n.as_bytes(), 128), Ok(()), "{n}");
+            assert_eq!(check_strict(n.as_bytes(), 128).map(drop), Ok(()), "{n}");
             assert!(serde_json::from_str::<serde_json::Value>(n).is_ok(), "{n}");
         }
     }

@@ -1,5 +1,5 @@
 //! Publishing a batch's jobs: the ledger filter before, every publish started at once, the
-//! confirms awaited (each with its own deadline), permanent failures sent to the dead letter,
+//! confirms awaited (until one publish deadline), permanent failures sent to the dead letter,
 //! one ledger write of what was confirmed, and the counters.
 
 use crate::answer::Rejection;
@@ -8,7 +8,7 @@ use crate::dead_letter::{self, Class};
 use crate::ledger;
 use crate::metrics as m;
 use c360_sinks::{Message, Permanence, SinkError};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
@@ -127,34 +127,49 @@ async fn publish_all(app: &App, jobs: Vec<Job>) -> Vec<SinkError> {
 /// Starts every job at once and waits for all confirms; returns the confirmed jobs and the
 /// failed ones with why.
 async fn attempt(app: &App, jobs: Vec<Job>) -> (Vec<Job>, Vec<(Job, SinkError)>) {
-    // Each publish has its own deadline, so the confirms that did arrive are still recorded
+    // One deadline for the whole attempt: the confirms that did arrive are still recorded
     // when another sink never answers.
-    let results = futures::future::join_all(jobs.iter().map(|j| async {
-        let sink = &*app.sinks[j.sink];
-        let publish = async {
-            match j.dead_letter {
-                None => sink.publish(&j.msg).await,
-                Some(_) => dead_letter::publish(sink, &j.msg).await,
+    let deadline = tokio::time::Instant::now() + app.publish_deadline;
+    let groups = groups(&jobs);
+    let settled = futures::future::join_all(groups.iter().map(|(&(sink, letters), members)| {
+        let msgs: Vec<&Message> = members.iter().map(|&i| &jobs[i].msg).collect();
+        let sink = &*app.sinks[sink];
+        async move {
+            if letters {
+                dead_letter::publish(sink, &msgs, deadline).await
+            } else {
+                sink.publish_many(&msgs, deadline).await
             }
-        };
-        tokio::time::timeout(app.publish_deadline, publish)
-            .await
-            .unwrap_or_else(|_| {
-                Err(SinkError::Timeout(
-                    "no confirm before the publish deadline".into(),
-                ))
-            })
+        }
     }))
     .await;
+    let mut outcomes: Vec<Option<Result<(), SinkError>>> = jobs.iter().map(|_| None).collect();
+    for (members, results) in groups.values().zip(settled) {
+        for (&i, r) in members.iter().zip(results) {
+            outcomes[i] = Some(r);
+        }
+    }
     let mut confirmed = Vec::with_capacity(jobs.len());
     let mut failed = Vec::new();
-    for (job, r) in jobs.into_iter().zip(results) {
-        match r {
+    for (job, r) in jobs.into_iter().zip(outcomes) {
+        match r.unwrap_or_else(|| Err(c360_sinks::deadline_passed())) {
             Ok(()) => confirmed.push(job),
             Err(e) => failed.push((job, e)),
         }
     }
     (confirmed, failed)
+}
+
+/// The jobs' indices by (sink, whether they are dead letters), in batch order within each.
+fn groups(jobs: &[Job]) -> BTreeMap<(usize, bool), Vec<usize>> {
+    let mut groups: BTreeMap<(usize, bool), Vec<usize>> = BTreeMap::new();
+    for (i, j) in jobs.iter().enumerate() {
+        groups
+            .entry((j.sink, j.dead_letter.is_some()))
+            .or_insert_with(|| Vec::with_capacity(jobs.len()))
+            .push(i);
+    }
+    groups
 }
 
 /// Takes the permanent failures out of `failed` and returns their dead-letter jobs (none

@@ -17,6 +17,11 @@ pub use message::{CONTENT_TYPE, DeadLetterHeaders, EventMeta, Message};
 
 use async_trait::async_trait;
 
+/// The error of a message still unconfirmed at its publish deadline.
+pub fn deadline_passed() -> SinkError {
+    SinkError::Timeout("no confirm before the publish deadline".into())
+}
+
 /// Whether a sink can publish right now, with a short human-readable reason when it cannot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Readiness {
@@ -52,6 +57,22 @@ pub trait Sink: Send + Sync + 'static {
 
     /// Publishes one message; returns once the broker confirmed it.
     async fn publish(&self, msg: &Message) -> Result<(), SinkError>;
+
+    /// Publishes several messages at once; returns each one's outcome, in order, once every
+    /// one is confirmed or failed, the ones still unconfirmed at `deadline` failing with
+    /// [`SinkError::Timeout`]. The default starts every `publish` together.
+    async fn publish_many(
+        &self,
+        msgs: &[&Message],
+        deadline: tokio::time::Instant,
+    ) -> Vec<Result<(), SinkError>> {
+        let each = msgs.iter().map(|m| async move {
+            tokio::time::timeout_at(deadline, self.publish(m))
+                .await
+                .unwrap_or_else(|_| Err(deadline_passed()))
+        });
+        futures::future::join_all(each).await
+    }
 
     /// Whether the sink is connected and able to publish.
     fn readiness(&self) -> Readiness;

@@ -304,7 +304,7 @@ impl Template {
 }
 
 /// The same events the `http` mode sends, published with a sink: one message per event,
-/// a batch's messages started together and awaited together, as the bridge does.
+/// a batch's messages handed to the sink together (`publish_many`), as the bridge does.
 async fn direct(
     sink: Arc<dyn Sink>,
     prefix: String,
@@ -328,8 +328,9 @@ async fn direct(
     let tallies = run_senders(&load, move |n| {
         let (sink, pool) = (sink.clone(), pool.clone());
         async move {
-            let messages = &pool[n as usize % pool.len()];
-            let results = futures::future::join_all(messages.iter().map(|m| sink.publish(m))).await;
+            let messages: Vec<&Message> = pool[n as usize % pool.len()].iter().collect();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            let results = sink.publish_many(&messages, deadline).await;
             results
                 .into_iter()
                 .find_map(Result::err)

@@ -12,7 +12,7 @@ use generation::{Generation, Reason, Wake};
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureRecord, Producer};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -190,6 +190,56 @@ impl Shared {
         self.delivered.store(true, Ordering::Relaxed);
     }
 
+    /// The producer instance to publish with, unless publishes are refused right now.
+    fn usable(&self) -> Result<Arc<Generation>, SinkError> {
+        if let Some(why) = self.rebuilding() {
+            return Err(SinkError::Unavailable(why));
+        }
+        if !self.reachable.load(Ordering::Relaxed) {
+            return Err(SinkError::Unavailable(
+                "no Kafka broker answered the last probe".into(),
+            ));
+        }
+        Ok(self.current())
+    }
+
+    /// Hands `msg` to `current`'s producer; returns the generation and its delivery report.
+    fn enqueue(
+        &self,
+        current: &Generation,
+        msg: &Message,
+    ) -> Result<(u64, DeliveryFuture), SinkError> {
+        let mut record = FutureRecord::<[u8], [u8]>::to(&msg.destination)
+            .payload(&msg.body[..])
+            .headers(headers(msg, self.cloudevents));
+        if let Some(key) = &msg.key {
+            record = record.key(&key[..]);
+        }
+        let delivery = current
+            .producer
+            .send_result(record)
+            .map_err(|(e, _)| self.failed(current.id, e))?;
+        Ok((current.id, delivery))
+    }
+
+    /// What a delivery report of generation `generation` means for the caller.
+    fn settle(
+        &self,
+        generation: u64,
+        report: <DeliveryFuture as std::future::Future>::Output,
+    ) -> Result<(), SinkError> {
+        match report {
+            Ok(Ok(_)) => {
+                self.note_delivery();
+                Ok(())
+            }
+            Ok(Err((e, _))) => Err(self.failed(generation, e)),
+            Err(_) => Err(SinkError::Unavailable(
+                "producer shut down before delivery".into(),
+            )),
+        }
+    }
+
     /// Classifies a failed delivery of generation `generation`, and asks for a new producer
     /// when the failure says the instance cannot recover: it lost its idempotence state, or
     /// its deliveries time out for a whole message timeout while the cluster answers.
@@ -324,38 +374,48 @@ impl Sink for KafkaSink {
 
     async fn publish(&self, msg: &Message) -> Result<(), SinkError> {
         let s = &self.shared;
-        if let Some(why) = s.rebuilding() {
-            return Err(SinkError::Unavailable(why));
-        }
-        if !s.reachable.load(Ordering::Relaxed) {
-            return Err(SinkError::Unavailable(
-                "no Kafka broker answered the last probe".into(),
-            ));
-        }
-        let mut record = FutureRecord::<[u8], [u8]>::to(&msg.destination)
-            .payload(&msg.body[..])
-            .headers(headers(msg, s.cloudevents));
-        if let Some(key) = &msg.key {
-            record = record.key(&key[..]);
-        }
-        let current = s.current();
-        let generation = current.id;
-        let delivery = current
-            .producer
-            .send_result(record)
-            .map_err(|(e, _)| s.failed(generation, e))?;
+        let current = s.usable()?;
+        let (generation, delivery) = s.enqueue(&current, msg)?;
         // Not held across the wait: a replaced instance is destroyed by the supervisor.
         drop(current);
-        match delivery.await {
-            Ok(Ok(_)) => {
-                s.note_delivery();
-                Ok(())
+        s.settle(generation, delivery.await)
+    }
+
+    /// Hands every message to the producer in one go (one look at the instance in use, in
+    /// order, so same-key messages keep theirs), then awaits the delivery reports in turn
+    /// against one timer.
+    async fn publish_many(
+        &self,
+        msgs: &[&Message],
+        deadline: tokio::time::Instant,
+    ) -> Vec<Result<(), SinkError>> {
+        let s = &self.shared;
+        let pending: Vec<_> = match s.usable() {
+            // The instance is dropped before the wait (a replaced one is destroyed by the
+            // supervisor).
+            Ok(current) => msgs.iter().map(|m| s.enqueue(&current, m)).collect(),
+            Err(e) => {
+                let why = e.to_string();
+                return msgs
+                    .iter()
+                    .map(|_| Err(SinkError::Unavailable(why.clone())))
+                    .collect();
             }
-            Ok(Err((e, _))) => Err(s.failed(generation, e)),
-            Err(_) => Err(SinkError::Unavailable(
-                "producer shut down before delivery".into(),
-            )),
+        };
+        let timer = tokio::time::sleep_until(deadline);
+        tokio::pin!(timer);
+        let mut out = Vec::with_capacity(pending.len());
+        for p in pending {
+            out.push(match p {
+                Err(e) => Err(e),
+                Ok((generation, delivery)) => tokio::select! {
+                    biased;
+                    r = delivery => s.settle(generation, r),
+                    () = &mut timer => Err(crate::deadline_passed()),
+                },
+            });
         }
+        out
     }
 
     fn readiness(&self) -> Readiness {
