@@ -3,6 +3,11 @@
 //! and reports events/s and per-batch latency percentiles as JSON.
 
 use anyhow::{Context, Result};
+
+/// The allocator of the bridge (`src/main.rs`), so that the direct baseline runs on the same.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use bytes::Bytes;
 use c360_bridge::routing::KeyPointer;
 use c360_bridge::{sample, signature};
