@@ -215,10 +215,15 @@ async fn http(
             .collect::<Result<_>>()?,
     );
     let started = Instant::now();
-    let tallies = run_senders(&load, move |n| {
-        let (client, url) = (client.clone(), url.clone());
+    // Stamping and signing a batch is the sender's work, not the bridge's: it is done while
+    // the previous request is in flight, outside the measured latency.
+    let prepare = move |n: u64| {
         let body = pool[n as usize % pool.len()].stamp(n);
         let sig = signature::sign(key.as_bytes(), &body);
+        (body, sig)
+    };
+    let tallies = run_senders(&load, prepare, move |(body, sig)| {
+        let (client, url) = (client.clone(), url.clone());
         async move {
             let resp = client
                 .post(&url)
@@ -330,18 +335,22 @@ async fn direct(
             .collect::<Result<_>>()?,
     );
     let started = Instant::now();
-    let tallies = run_senders(&load, move |n| {
-        let (sink, pool) = (sink.clone(), pool.clone());
-        async move {
-            let messages: Vec<&Message> = pool[n as usize % pool.len()].iter().collect();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-            let results = sink.publish_many(&messages, deadline).await;
-            results
-                .into_iter()
-                .find_map(Result::err)
-                .map_or(Ok(()), |e| Err(e.code().to_owned()))
-        }
-    })
+    let tallies = run_senders(
+        &load,
+        |n| n,
+        move |n| {
+            let (sink, pool) = (sink.clone(), pool.clone());
+            async move {
+                let messages: Vec<&Message> = pool[n as usize % pool.len()].iter().collect();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                let results = sink.publish_many(&messages, deadline).await;
+                results
+                    .into_iter()
+                    .find_map(Result::err)
+                    .map_or(Ok(()), |e| Err(e.code().to_owned()))
+            }
+        },
+    )
     .await?;
     Ok(report("direct", &load, tallies, started.elapsed()))
 }
@@ -377,35 +386,43 @@ fn messages(
         .collect())
 }
 
-/// Runs `concurrency` senders for `duration`, each sending batch after batch.
-async fn run_senders<F, Fut>(load: &Load, send: F) -> Result<Vec<Tally>>
+/// Runs `concurrency` senders for `duration`, each sending batch after batch. A sender
+/// prepares its next batch (`prepare`) while the current one is in flight (`send`), so the
+/// latency measured is the request's alone.
+async fn run_senders<P, T, F, Fut>(load: &Load, prepare: P, send: F) -> Result<Vec<Tally>>
 where
-    F: Fn(u64) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = Result<(), String>> + Send,
+    P: Fn(u64) -> T + Clone + Send + 'static,
+    T: Send + 'static,
+    F: Fn(T) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
 {
     let start = tokio::time::Instant::now();
     let until = Instant::now() + load.duration;
     let counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let next_n = move || counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // With a target rate, each sender sends on its own fixed schedule (open loop).
     let interval =
         (load.rate > 0.0).then(|| Duration::from_secs_f64(load.concurrency as f64 / load.rate));
     let mut tasks = Vec::new();
     for w in 0..load.concurrency {
-        let (send, counter) = (send.clone(), counter.clone());
+        let (prepare, send, next_n) = (prepare.clone(), send.clone(), next_n.clone());
         let offset = interval.map(|i| i.mul_f64(w as f64 / load.concurrency as f64));
         tasks.push(tokio::spawn(async move {
             let mut t = Tally::default();
             let mut k = 0u32;
+            let mut next = prepare(next_n());
             while Instant::now() < until {
                 if let (Some(i), Some(o)) = (interval, offset) {
                     tokio::time::sleep_until(start + o + i * k).await;
                     k += 1;
                 }
-                let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let began = Instant::now();
-                match send(n).await {
-                    Ok(()) => t.latencies.push(began.elapsed()),
-                    Err(code) => *t.failures.entry(code).or_default() += 1,
+                let in_flight = tokio::spawn(send(next));
+                next = prepare(next_n());
+                match in_flight.await {
+                    Ok(Ok(())) => t.latencies.push(began.elapsed()),
+                    Ok(Err(code)) => *t.failures.entry(code).or_default() += 1,
+                    Err(e) => *t.failures.entry(format!("sender: {e}")).or_default() += 1,
                 }
             }
             t
