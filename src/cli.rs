@@ -204,7 +204,11 @@ fn check(file: &Path) -> Result<()> {
 fn print_asyncapi(file: &Path, format: asyncapi::Format) -> Result<()> {
     let config = config::load(Some(file))?;
     let routes = routing::Routes::compile(&config, Some(file))?;
-    print!("{}", asyncapi::render(&config, &routes, format));
+    let dead_letter = DeadLetter::compile(&config, Some(file))?;
+    print!(
+        "{}",
+        asyncapi::render(&config, &routes, dead_letter.as_ref(), format)
+    );
     Ok(())
 }
 

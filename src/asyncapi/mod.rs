@@ -1,10 +1,12 @@
 //! `asyncapi`: an AsyncAPI 3.0 document of what consumers can subscribe to under a config,
 //! built from the compiled routing table (one channel per sink and destination template).
 
+mod dead_letter;
 mod schemas;
 mod yaml;
 
 use crate::config::{Config, SinkConfig};
+use crate::dead_letter::DeadLetter;
 use crate::routing::{KNOWN_EVENT_CLASSES, Route, Routes, Target};
 use schemas::Binding;
 use serde_json::{Map, Value, json};
@@ -18,8 +20,13 @@ pub enum Format {
 }
 
 /// The document as text in `format`.
-pub fn render(config: &Config, routes: &Routes, format: Format) -> String {
-    let doc = document(config, routes);
+pub fn render(
+    config: &Config,
+    routes: &Routes,
+    dead_letter: Option<&DeadLetter>,
+    format: Format,
+) -> String {
+    let doc = document(config, routes, dead_letter);
     match format {
         Format::Yaml => yaml::to_string(&doc),
         Format::Json => format!("{doc:#}\n"),
@@ -38,14 +45,20 @@ struct Destination<'a> {
     keys: Vec<&'a str>,
 }
 
-/// The AsyncAPI document of `config` (whose routes compiled to `routes`).
-pub fn document(config: &Config, routes: &Routes) -> Value {
+/// The AsyncAPI document of `config` (whose routes compiled to `routes`, its `[dead_letter]`
+/// to `dead_letter`).
+pub fn document(config: &Config, routes: &Routes, dead_letter: Option<&DeadLetter>) -> Value {
     let ctx = Context::new(config);
     let mut channels = Map::new();
     let mut operations = Map::new();
     for (id, d) in ids(destinations(config, routes)) {
         operations.insert(format!("receive_{id}"), operation(&id, &d));
         channels.insert(id, ctx.channel(&d));
+    }
+    if let Some((ch, op)) = dead_letter.and_then(|dl| dead_letter::channel(&ctx, config, dl)) {
+        let id = dead_letter::CHANNEL_ID;
+        operations.insert(format!("receive_{id}"), op);
+        channels.insert(id.into(), ch);
     }
     json!({
         "asyncapi": "3.0.0",

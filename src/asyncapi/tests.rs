@@ -8,7 +8,8 @@ fn doc(toml: &str) -> Value {
     std::fs::write(&path, toml).unwrap();
     let config = crate::config::load(Some(&path)).unwrap();
     let routes = Routes::compile(&config, Some(&path)).unwrap();
-    document(&config, &routes)
+    let dead_letter = DeadLetter::compile(&config, Some(&path)).unwrap();
+    document(&config, &routes, dead_letter.as_ref())
 }
 
 const FANOUT: &str = r#"
@@ -92,4 +93,41 @@ fn servers_carry_no_credentials_and_headers_follow_the_sink() {
         headers.keys().all(|h| !h.starts_with("ce-")),
         "cloudevents = false"
     );
+}
+
+#[test]
+fn the_dead_letter_has_its_own_channel_with_the_headers_that_say_why() {
+    let d = doc(&format!(
+        "{FANOUT}\n[dead_letter]\nsink = \"rabbit\"\ntopic = \"dead.{{webhook}}\"\nmax_bytes = 1000\n"
+    ));
+    let ch = &d["channels"]["dead-letter"];
+    assert_eq!(ch["address"], "dead.{webhook}");
+    assert_eq!(ch["servers"][0]["$ref"], "#/servers/rabbit");
+    assert_eq!(ch["parameters"]["webhook"]["enum"], json!(["main"]));
+    assert_eq!(ch["bindings"]["amqp"]["exchange"]["name"], "events");
+    let headers = &ch["messages"]["event"]["headers"];
+    for h in [
+        "c360-dead-letter-reason",
+        "c360-original-sink",
+        "c360-original-destination",
+        "c360-truncated",
+        "c360-original-bytes",
+        "c360-event-id",
+    ] {
+        assert!(headers["properties"][h].is_object(), "{h} in {headers}");
+    }
+    assert!(
+        headers["required"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("c360-dead-letter-reason"))
+    );
+    let payload = ch["messages"]["event"]["payload"]["description"]
+        .as_str()
+        .unwrap();
+    assert!(payload.contains("1000"), "{payload}");
+    let receive = &d["operations"]["receive_dead-letter"];
+    assert_eq!(receive["channel"]["$ref"], "#/channels/dead-letter");
+    assert_eq!(receive["bindings"]["amqp"]["cc"], json!(["dead.{webhook}"]));
+    assert!(doc(FANOUT)["channels"].get("dead-letter").is_none());
 }

@@ -1,4 +1,5 @@
-//! `c360-bridge asyncapi` (the built binary): its channels are exactly `check`'s routing table,
+//! `c360-bridge asyncapi` (the built binary): its channels are exactly `check`'s routing table
+//! and dead letter,
 //! for every file in config/ and for a config with every placeholder, a merge and dropped classes.
 
 use crate::harness::*;
@@ -35,6 +36,16 @@ fn check_rows(stdout: &str) -> Vec<Row> {
             }
         })
         .collect()
+}
+
+/// The sink and topic of `check`'s `dead letter:` line, when a dead letter is configured.
+fn dead_letter_line(stdout: &str) -> Option<(String, String)> {
+    let rest = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("dead letter: sink "))?;
+    let (sink, rest) = rest.split_once(", topic ")?;
+    let (topic, _) = rest.split_once(", max_bytes")?;
+    Some((sink.to_owned(), topic.to_owned()))
 }
 
 /// The channel's address with the placeholders of `row` filled in, if `row` is in its enums.
@@ -107,6 +118,15 @@ fn compare(file: &str, env: &[(&str, &str)]) -> usize {
             );
         }
         used.insert(matching[0].clone());
+    }
+    if let Some((sink, topic)) = dead_letter_line(&table) {
+        let dl = &channels["dead-letter"];
+        assert_eq!(dl["address"], topic.as_str(), "{file}: dead-letter channel");
+        assert_eq!(
+            dl["servers"][0]["$ref"],
+            format!("#/servers/{sink}").as_str()
+        );
+        used.insert("dead-letter".to_owned());
     }
     let unused: Vec<_> = channels.keys().filter(|id| !used.contains(*id)).collect();
     assert!(
