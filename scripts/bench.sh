@@ -201,6 +201,9 @@ fi
 # The Redis retry ledger against the memory ledger: the same bridge, sink and load on an empty
 # tansu, alternating; a key prefix of each run's own, so no run skips what an earlier one sent.
 ledger_toml() { printf '[ledger]\nbackend = "redis"\nurl = "%s"\nkey_prefix = "c360-bench:%s:"\nttl = "5m"\n' "$REDIS_URL" "$1"; }
+# The Redis server's own CPU seconds so far (user + system, from INFO cpu): on this machine it
+# shares the cores with the bridge, tansu and the load generator.
+redis_cpu() { redis-cli -u "$REDIS_URL" info cpu | tr -d '\r' | awk -F: '/^used_cpu_(user|sys):/ {s += $2} END {print s}'; }
 if want ledger; then
   [ "$(redis-cli -u "$REDIS_URL" ping 2>/dev/null)" = PONG ] || { echo "no Redis at $REDIS_URL" >&2; exit 1; }
   for r in $(seq 1 "$ROUNDS"); do
@@ -208,7 +211,9 @@ if want ledger; then
     $LG http $(hook) $(load) >"$OUT/ledger-memory-http-$r.json"
     stop ledger-memory
     fresh_tansu; serve ledger-redis "$TANSU_SINK" "" "$(ledger_toml "$$-$r")"
+    cpu0=$(redis_cpu)
     $LG http $(hook) $(load) >"$OUT/ledger-redis-http-$r.json"
+    echo "$cpu0 $(redis_cpu)" >"$OUT/ledger-redis-cpu-$r"
     stop ledger-redis
   done
   median ledger-memory http; median ledger-redis http
@@ -260,6 +265,19 @@ if want ledger; then
       "$(python3 -c "import glob, json; print(sum(sum(json.load(open(p))['failures'].values()) for p in glob.glob('$OUT/ledger-$l-http-*.json') + ['$f']))")" \
       "$(cat "$OUT/ledger-$l-rss")"
   done
+  printf '\nRedis server CPU per event in the Redis rounds (INFO cpu, user + system): %s µs\n' \
+    "$(python3 - "$OUT" <<'PY'
+import glob, json, sys
+out = sys.argv[1]
+per = []
+for c in sorted(glob.glob(f"{out}/ledger-redis-cpu-[0-9]*")):
+    r = c.rsplit("-", 1)[1]
+    a, b = map(float, open(c).read().split())
+    d = json.load(open(f"{out}/ledger-redis-http-{r}.json"))
+    per.append((b - a) / max(d["events_per_s"] * d["seconds"], 1) * 1e6)
+print(" ".join(f"{p:.2f}" for p in per))
+PY
+)"
   printf '\nAll rounds (events/s): memory ledger %s; Redis ledger %s\n' \
     "$(python3 -c "import glob, json; print(' '.join('%.0f' % json.load(open(p))['events_per_s'] for p in sorted(glob.glob('$OUT/ledger-memory-http-[0-9]*.json'))))")" \
     "$(python3 -c "import glob, json; print(' '.join('%.0f' % json.load(open(p))['events_per_s'] for p in sorted(glob.glob('$OUT/ledger-redis-http-[0-9]*.json'))))")"
