@@ -80,3 +80,46 @@ pub trait Sink: Send + Sync + 'static {
     /// Flushes what is in flight (bounded by `deadline`) and closes the connection.
     async fn close(&self, deadline: std::time::Duration);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Confirms every message at once, except those to `slow`, which it never confirms.
+    struct Stalling;
+
+    #[async_trait]
+    impl Sink for Stalling {
+        fn name(&self) -> &str {
+            "stalling"
+        }
+        async fn publish(&self, msg: &Message) -> Result<(), SinkError> {
+            if msg.destination == "slow" {
+                std::future::pending::<()>().await;
+            }
+            Ok(())
+        }
+        fn readiness(&self) -> Readiness {
+            Readiness::ready("")
+        }
+        async fn close(&self, _deadline: Duration) {}
+    }
+
+    #[tokio::test]
+    async fn publish_many_gives_each_outcome_in_order_and_times_out_the_unconfirmed() {
+        let fast = Message::sample();
+        let slow = Message {
+            destination: "slow".into(),
+            ..Message::sample()
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
+        let results = Stalling
+            .publish_many(&[&fast, &slow, &fast], deadline)
+            .await;
+        assert!(
+            matches!(results[..], [Ok(()), Err(SinkError::Timeout(_)), Ok(())]),
+            "{results:?}"
+        );
+    }
+}
