@@ -49,6 +49,10 @@ shutil.copy(runs[len(runs) // 2], f"{out}/{stem}.json")
 PY
 }
 half_rate() { get "$OUT/$1-http.json" "d['batches_per_s']/2"; }
+# rounds STEM: the events/s of every round of STEM (e.g. kafka-tansu-http), in round order.
+rounds() { python3 -c "import glob, json, sys; print(' '.join('%.0f' % json.load(open(p))['events_per_s'] for p in sorted(glob.glob(sys.argv[1] + '-[0-9]*.json'))))" "$OUT/$1"; }
+# non200 FILE...: how many answers in these results were not 200.
+non200() { python3 -c "import json, sys; print(sum(sum(json.load(open(p))['failures'].values()) for p in sys.argv[1:]))" "$@"; }
 
 # serve NAME SINK_TOML [SERVER_TOML] [MORE_TOML]: writes a config (SERVER_TOML: more [server]
 # keys and tables; MORE_TOML: tables at the end) and starts the bridge; sets $PID. Readiness is
@@ -237,14 +241,14 @@ for b in $brokers; do
     "$(python3 -c "import json; h=json.load(open('$h')); d=json.load(open('$d')); print(h['events_per_s']/max(d['events_per_s'],1))")" \
     "$(get "$h" "d['latency_ms']['p99']")" "$(get "$d" "d['latency_ms']['p99']")" \
     "$(get "$f" "d['latency_ms']['p99']")" "$(get "$f" "d['events_per_s']")" \
-    "$(python3 -c "import glob, json; print(sum(sum(json.load(open(p))['failures'].values()) for p in glob.glob('$OUT/$b-http-*.json') + ['$f']))")" \
+    "$(non200 "$OUT"/$b-http-*.json "$f")" \
     "$(cat "$OUT/$b-rss")"
 done
 printf '\nAll rounds (events/s): '
 for b in $brokers; do
   printf '%s bridge %s, direct %s; ' "$b" \
-    "$(python3 -c "import glob, json; print(' '.join('%.0f' % json.load(open(p))['events_per_s'] for p in sorted(glob.glob('$OUT/$b-http-[0-9]*.json'))))")" \
-    "$(python3 -c "import glob, json; print(' '.join('%.0f' % json.load(open(p))['events_per_s'] for p in sorted(glob.glob('$OUT/$b-direct-[0-9]*.json'))))")"
+    "$(rounds "$b-http")" \
+    "$(rounds "$b-direct")"
 done
 printf '\n'
 fi
@@ -262,7 +266,7 @@ if want ledger; then
       "$(get "$h" "d['events_per_s']")" \
       "$(python3 -c "import json; h=json.load(open('$h')); m=json.load(open('$m')); print(h['events_per_s']/max(m['events_per_s'],1))")" \
       "$(get "$h" "d['latency_ms']['p99']")" "$(get "$f" "d['latency_ms']['p99']")" "$(get "$f" "d['events_per_s']")" \
-      "$(python3 -c "import glob, json; print(sum(sum(json.load(open(p))['failures'].values()) for p in glob.glob('$OUT/ledger-$l-http-*.json') + ['$f']))")" \
+      "$(non200 "$OUT"/ledger-$l-http-*.json "$f")" \
       "$(cat "$OUT/ledger-$l-rss")"
   done
   printf '\nRedis server CPU per event in the Redis rounds (INFO cpu, user + system): %s µs\n' \
@@ -279,8 +283,8 @@ print(" ".join(f"{p:.2f}" for p in per))
 PY
 )"
   printf '\nAll rounds (events/s): memory ledger %s; Redis ledger %s\n' \
-    "$(python3 -c "import glob, json; print(' '.join('%.0f' % json.load(open(p))['events_per_s'] for p in sorted(glob.glob('$OUT/ledger-memory-http-[0-9]*.json'))))")" \
-    "$(python3 -c "import glob, json; print(' '.join('%.0f' % json.load(open(p))['events_per_s'] for p in sorted(glob.glob('$OUT/ledger-redis-http-[0-9]*.json'))))")"
+    "$(rounds "ledger-memory-http")" \
+    "$(rounds "ledger-redis-http")"
 fi
 if want kafka-tansu && want rabbitmq; then
 printf '\nCloudEvents headers (on by default) against a sink with cloudevents = false, same invocation:\n\n'
@@ -290,14 +294,14 @@ for b in kafka-tansu rabbitmq; do
   printf '| %s | %.0f | %.0f | %.3f | %s | %s |\n' "$b" \
     "$(get "$on" "d['events_per_s']")" "$(get "$off" "d['events_per_s']")" \
     "$(python3 -c "import json; a=json.load(open('$on')); b=json.load(open('$off')); print(a['events_per_s']/max(b['events_per_s'],1))")" \
-    "$(python3 -c "import glob, json; print(' '.join('%.0f' % json.load(open(p))['events_per_s'] for p in sorted(glob.glob('$OUT/$b-http-[0-9]*.json'))))")" \
-    "$(python3 -c "import glob, json; print(' '.join('%.0f' % json.load(open(p))['events_per_s'] for p in sorted(glob.glob('$OUT/$b-noce-http-[0-9]*.json'))))")"
+    "$(rounds "$b-http")" \
+    "$(rounds "$b-noce-http")"
 done
 fi
 if want dead-letter; then
 printf '\nDead letter on tansu, 1 event in %s to the dead letter (median round): bridge %.0f events/s, p99 %s ms, non-200 %s, dead-lettered per round %s (events of 200s / %s: %s), peak RSS %s MiB\n' \
   "$POISON_EVERY" "$(get "$OUT/kafka-tansu-dl-http.json" "d['events_per_s']")" "$(get "$OUT/kafka-tansu-dl-http.json" "d['latency_ms']['p99']")" \
-  "$(python3 -c "import glob, json; print(sum(sum(json.load(open(p))['failures'].values()) for p in glob.glob('$OUT/kafka-tansu-dl-http-*.json')))")" \
+  "$(non200 "$OUT"/kafka-tansu-dl-http-*.json)" \
   "$(cat "$OUT"/kafka-tansu-dl-lettered-* | tr '\n' ' ')" "$POISON_EVERY" \
   "$(python3 -c "import glob, json; print(' '.join(str(json.load(open(p))['ok_batches'] * $BATCH // $POISON_EVERY) for p in sorted(glob.glob('$OUT/kafka-tansu-dl-http-[0-9]*.json'))))")" \
   "$(cat "$OUT/kafka-tansu-dl-rss")"
@@ -305,9 +309,9 @@ fi
 if want tls; then
 printf '\nHTTPS vs HTTP on tansu (same rounds): HTTPS %.0f events/s (p99 %s ms, non-200 %s), HTTP %.0f events/s (p99 %s ms), ratio %.2f; rounds HTTPS %s, HTTP %s\n' \
   "$(get "$OUT/tls-https-http.json" "d['events_per_s']")" "$(get "$OUT/tls-https-http.json" "d['latency_ms']['p99']")" \
-  "$(python3 -c "import glob, json; print(sum(sum(json.load(open(p))['failures'].values()) for p in glob.glob('$OUT/tls-https-http-*.json')))")" \
+  "$(non200 "$OUT"/tls-https-http-*.json)" \
   "$(get "$OUT/tls-plain-http.json" "d['events_per_s']")" "$(get "$OUT/tls-plain-http.json" "d['latency_ms']['p99']")" \
   "$(python3 -c "import json; a=json.load(open('$OUT/tls-https-http.json')); b=json.load(open('$OUT/tls-plain-http.json')); print(a['events_per_s']/max(b['events_per_s'],1))")" \
-  "$(python3 -c "import glob, json; print(' '.join('%.0f' % json.load(open(p))['events_per_s'] for p in sorted(glob.glob('$OUT/tls-https-http-[0-9]*.json'))))")" \
-  "$(python3 -c "import glob, json; print(' '.join('%.0f' % json.load(open(p))['events_per_s'] for p in sorted(glob.glob('$OUT/tls-plain-http-[0-9]*.json'))))")"
+  "$(rounds "tls-https-http")" \
+  "$(rounds "tls-plain-http")"
 fi

@@ -4,6 +4,7 @@
 #   Redis (Debian's redis-server, for the shared retry ledger) on 6379.
 # Usage: scripts/brokers.sh start|stop|status|restart-kafka.  Idempotent: a running broker is left alone.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 shopt -s inherit_errexit # a failing step inside $(...) (e.g. the tansu build) stops the script
 
 CACHE="${C360_CACHE:-$HOME/.cache/c360-bridge}"
@@ -44,8 +45,7 @@ await_rabbitmq() { # seconds
 start_rabbitmq() {
   if ! command -v rabbitmq-server >/dev/null; then
     log "installing rabbitmq-server (Debian)"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >&2 && apt-get install -y -qq rabbitmq-server >&2
+    apt_install rabbitmq-server
   fi
   if ! port_open 5672; then
     log "starting RabbitMQ"
@@ -60,9 +60,7 @@ start_rabbitmq() {
 start_redis() {
   if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
     log "installing redis-server (Debian)"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq redis-server >/dev/null 2>&1 \
-      || { apt-get update -qq >&2 && apt-get install -y -qq redis-server >&2; }
+    apt_install redis-server
   fi
   mkdir -p "$STATE"
   if ! port_open "$REDIS_PORT"; then

@@ -18,6 +18,7 @@
 # Every check runs; the script exits non-zero if any failed.
 # Usage: scripts/check-deploy.sh        (from anywhere; tools are cached under $C360_CACHE)
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${C360_CACHE:-$HOME/.cache/c360-bridge}"
@@ -39,9 +40,7 @@ fail() { failed=$((failed + 1)); printf 'FAIL  %s\n' "$1"; }
 ensure_docker_compose() {
   command -v docker-compose >/dev/null && return 0
   log "installing Debian's docker-compose"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -qq docker-compose >/dev/null 2>&1 \
-    || { apt-get update -qq >/dev/null && apt-get install -y -qq docker-compose >/dev/null; }
+  apt_install docker-compose
 }
 
 ensure_py_tools() {

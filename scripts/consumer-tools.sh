@@ -5,6 +5,7 @@
 #   * npm @asyncapi/parser (tests/asyncapi/package.json), used by scripts/asyncapi-check.sh.
 # Prints the variables the tests read, as `export NAME=VALUE` lines for eval.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="${C360_CACHE:-$HOME/.cache/c360-bridge}"
 VENV="$CACHE/consumers-venv"
@@ -23,9 +24,7 @@ fi
 
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   log "installing Debian's nodejs and npm"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -qq nodejs npm >/dev/null 2>&1 \
-    || { apt-get update -qq >/dev/null && apt-get install -y -qq nodejs npm >/dev/null; }
+  apt_install nodejs npm
 fi
 if ! cmp -s "$ROOT/tests/asyncapi/package.json" "$NODE_DIR/package.json" 2>/dev/null; then
   log "installing @asyncapi/parser into $NODE_DIR"

@@ -2,12 +2,12 @@
 # The whole test suite: starts RabbitMQ, Redis and tansu (installing them once) and installs nftables
 # for the partition tests, then runs every test.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 cd "$(dirname "$0")/.."
 # The partition tests cut a broker's port with nftables (loopback rules in a table of their own).
 if ! command -v nft >/dev/null; then
   echo "[test] installing nftables (Debian)" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables >&2 ||
-    { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables >&2; }
+  apt_install nftables
 fi
 # The consumers' tools: the CloudEvents SDK venv (tests/it/consumers.rs) and @asyncapi/parser.
 tools_env=$(scripts/consumer-tools.sh)

@@ -165,12 +165,8 @@ impl App {
             .into_iter()
             .map(|w| {
                 let name: Arc<str> = w.name.as_str().into();
-                let source = w
-                    .source
-                    .clone()
-                    .unwrap_or_else(|| crate::cloudevents::default_source(&w.name));
                 Webhook {
-                    ce_source: source.into(),
+                    ce_source: w.ce_source().into(),
                     keys: Arc::new(WebhookKeys::new(name.clone(), &w)),
                     name,
                     path: w.path,

@@ -218,6 +218,13 @@ impl WebhookConfig {
             .chain(&self.env_keys)
             .chain(&self.file_keys)
     }
+
+    /// The CloudEvents `source` of its events: `source`, or `/catalog360/{name}`.
+    pub fn ce_source(&self) -> String {
+        self.source
+            .clone()
+            .unwrap_or_else(|| crate::cloudevents::default_source(&self.name))
+    }
 }
 
 fn yes() -> bool {
@@ -227,7 +234,7 @@ fn default_max_events() -> usize {
     100
 }
 fn default_max_depth() -> usize {
-    128
+    crate::envelope::DEFAULT_MAX_DEPTH
 }
 
 /// `[sinks.NAME]`, tagged by `type`.

@@ -109,6 +109,7 @@ impl DeadLetter {
         let destination = self.topic.legal(rendered)?;
         let (body, original_bytes) = cut(&msg.body, self.max_bytes);
         let headers = DeadLetterHeaders {
+            code: reason,
             reason: cut_text(&format!("{}: {detail}", reason.code())),
             original_sink: original_sink.to_owned(),
             original_destination: cut_text(&msg.destination),
@@ -254,8 +255,9 @@ pub async fn publish(
     results
 }
 
-/// Logs (WARN) and counts an event its dead-letter destination confirmed.
-pub fn confirmed(msg: &Message, reason: Permanence) {
+/// Logs (WARN) and counts an event its dead-letter destination confirmed (nothing for any
+/// other message).
+pub fn confirmed(msg: &Message) {
     let Some(dl) = msg.meta.dead_letter.as_deref() else {
         return;
     };
@@ -269,7 +271,7 @@ pub fn confirmed(msg: &Message, reason: Permanence) {
         truncated = dl.original_bytes.is_some(),
         "event dead-lettered: no broker will ever take it"
     );
-    m::dead_lettered(reason.code());
+    m::dead_lettered(dl.code.code());
 }
 
 /// Logs a dead-letter publish that failed: its batch gets 503 and will be resent.

@@ -39,7 +39,7 @@ pub fn demo_config(listen: &str, bootstrap: &str, key: &str) -> Config {
             accept_test_ping: true,
             max_events: 100,
             source: None,
-            max_depth: 128,
+            max_depth: crate::envelope::DEFAULT_MAX_DEPTH,
             allow_from: None,
         }],
         sinks: BTreeMap::from([("kafka".to_owned(), SinkConfig::Kafka(kafka))]),

@@ -156,7 +156,6 @@ fn event_job(
         },
         origin: t.sink,
         ledger_key: id.ledger_key(t.sink),
-        dead_letter: None,
     };
     let illegal = match t.topic.destination(event, &meta.webhook) {
         Ok(destination) => return Ok(job(destination)),

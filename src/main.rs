@@ -2,6 +2,7 @@
 
 mod cli;
 
+/// mimalloc for Rust's allocations (librdkafka keeps glibc's malloc): README, *Benchmarks*.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -21,8 +21,13 @@ pub struct Job {
     /// job, which keeps the pair (and its ledger key) of the publish it replaces.
     pub origin: usize,
     pub ledger_key: ledger::Key,
-    /// Set on a job to the dead-letter destination: why the event goes there.
-    pub dead_letter: Option<Permanence>,
+}
+
+impl Job {
+    /// Why the event goes to the dead letter, on a job to the dead-letter destination.
+    pub fn dead_letter(&self) -> Option<Permanence> {
+        self.msg.meta.dead_letter.as_ref().map(|d| d.code)
+    }
 }
 
 /// The job that takes `job`'s event to the dead-letter destination instead (`None` without
@@ -36,7 +41,6 @@ pub fn divert(app: &App, job: &Job, reason: Permanence, detail: &str) -> Option<
         msg,
         origin: job.origin,
         ledger_key: job.ledger_key,
-        dead_letter: Some(reason),
     })
 }
 
@@ -165,7 +169,7 @@ fn groups(jobs: &[Job]) -> BTreeMap<(usize, bool), Vec<usize>> {
     let mut groups: BTreeMap<(usize, bool), Vec<usize>> = BTreeMap::new();
     for (i, j) in jobs.iter().enumerate() {
         groups
-            .entry((j.sink, j.dead_letter.is_some()))
+            .entry((j.sink, j.dead_letter().is_some()))
             .or_insert_with(|| Vec::with_capacity(jobs.len()))
             .push(i);
     }
@@ -181,7 +185,7 @@ fn dead_letters(app: &App, failed: &mut Vec<(Job, SinkError)>) -> Vec<Job> {
     let mut diverted = Vec::new();
     failed.retain(|(job, e)| {
         let to = match dead_letter::classify(e) {
-            Class::Permanent(reason) if job.dead_letter.is_none() => {
+            Class::Permanent(reason) if job.dead_letter().is_none() => {
                 divert(app, job, reason, e.detail())
             }
             _ => None,
@@ -199,16 +203,14 @@ fn count(app: &App, confirmed: &[Job], failed: &[(Job, SinkError)]) {
         *per_destination
             .entry((j.sink, j.msg.destination.as_str()))
             .or_default() += 1;
-        if let Some(reason) = j.dead_letter {
-            dead_letter::confirmed(&j.msg, reason);
-        }
+        dead_letter::confirmed(&j.msg);
     }
     for ((sink, topic), n) in per_destination {
         m::events_published(app.sinks[sink].name(), topic, n);
     }
     for (j, e) in failed {
         m::publish_failure(app.sinks[j.sink].name(), e.code());
-        if j.dead_letter.is_some() {
+        if j.dead_letter().is_some() {
             dead_letter::failed(&j.msg, e);
         }
     }

@@ -1,6 +1,7 @@
 //! `Message`: one event on its way to one broker destination, body bytes untouched.
 
-use crate::cloudevents::CloudEvent;
+use crate::Permanence;
+use crate::cloudevents::{CloudEvent, Names};
 use bytes::Bytes;
 use std::sync::Arc;
 
@@ -24,7 +25,9 @@ pub struct EventMeta {
 /// What a dead-letter message says about the publish it replaces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetterHeaders {
-    /// `c360-dead-letter-reason`: a short code and the broker's or the bridge's text.
+    /// Why the event can never be published where it was meant to go.
+    pub code: Permanence,
+    /// `c360-dead-letter-reason`: `code` and the broker's or the bridge's text.
     pub reason: String,
     /// `c360-original-sink`: the sink the event was meant for.
     pub original_sink: String,
@@ -68,6 +71,22 @@ impl EventMeta {
         .into_iter()
         .filter_map(|(name, value)| value.map(|v| (name, v)))
         .chain(dead_letter)
+    }
+}
+
+impl Message {
+    /// Every header of the message, `c360-*` first, then (with `cloudevents`) the CloudEvents
+    /// attributes under the binding's `names` (content-type is the sink's to add).
+    pub fn headers(
+        &self,
+        names: &'static Names,
+        cloudevents: bool,
+    ) -> impl Iterator<Item = (&'static str, &str)> {
+        let ce = self.meta.cloudevent.as_ref().filter(|_| cloudevents);
+        self.meta.headers().chain(
+            ce.into_iter()
+                .flat_map(move |ce| ce.headers(names, &self.meta.id, self.key.as_deref())),
+        )
     }
 }
 

@@ -356,14 +356,7 @@ fn too_large(e: &lapin::Error, body_len: usize) -> bool {
 
 fn properties(msg: &Message, cloudevents: bool) -> BasicProperties {
     let mut table = FieldTable::default();
-    for (key, value) in msg.meta.headers() {
-        table.insert(key.into(), AMQPValue::LongString(LongString::from(value)));
-    }
-    let ce = msg.meta.cloudevent.as_ref().filter(|_| cloudevents);
-    for (key, value) in ce
-        .into_iter()
-        .flat_map(|ce| ce.headers(&cloudevents::AMQP, &msg.meta.id, msg.key.as_deref()))
-    {
+    for (key, value) in msg.headers(&cloudevents::AMQP, cloudevents) {
         table.insert(key.into(), AMQPValue::LongString(LongString::from(value)));
     }
     BasicProperties::default()

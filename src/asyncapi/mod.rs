@@ -233,15 +233,7 @@ struct Context {
 impl Context {
     fn new(config: &Config) -> Self {
         let webhooks = config.webhooks.iter().map(|w| w.name.clone()).collect();
-        let sources = config
-            .webhooks
-            .iter()
-            .map(|w| {
-                w.source
-                    .clone()
-                    .unwrap_or_else(|| crate::cloudevents::default_source(&w.name))
-            })
-            .collect();
+        let sources = config.webhooks.iter().map(|w| w.ce_source()).collect();
         Self { webhooks, sources }
     }
 

@@ -3,11 +3,6 @@
 //! and reports events/s and per-batch latency percentiles as JSON.
 
 use anyhow::{Context, Result};
-
-/// The allocator of the bridge (`src/main.rs`), so that the direct baseline runs on the same.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use bytes::Bytes;
 use c360_bridge::routing::KeyPointer;
 use c360_bridge::{sample, signature};
@@ -19,6 +14,10 @@ use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// The allocator of the bridge (`src/main.rs`), so that the direct baseline runs on the same.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(about = "Load generator and direct-producer baseline for c360-bridge")]

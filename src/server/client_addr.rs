@@ -93,8 +93,6 @@ fn forwarded_for(headers: &HeaderMap) -> impl DoubleEndedIterator<Item = &str> {
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .collect::<Vec<_>>()
-        .into_iter()
 }
 
 #[cfg(test)]

@@ -322,17 +322,7 @@ impl Drop for KafkaSink {
 
 fn headers(msg: &Message, cloudevents: bool) -> OwnedHeaders {
     let mut h = OwnedHeaders::new_with_capacity(11);
-    for (key, value) in msg.meta.headers() {
-        h = h.insert(Header {
-            key,
-            value: Some(value),
-        });
-    }
-    let ce = msg.meta.cloudevent.as_ref().filter(|_| cloudevents);
-    for (key, value) in ce
-        .into_iter()
-        .flat_map(|ce| ce.headers(&cloudevents::KAFKA, &msg.meta.id, msg.key.as_deref()))
-    {
+    for (key, value) in msg.headers(&cloudevents::KAFKA, cloudevents) {
         h = h.insert(Header {
             key,
             value: Some(value),
