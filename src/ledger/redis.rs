@@ -1,15 +1,22 @@
 //! The Redis ledger: confirmed (event id, sink) pairs in Redis, shared by every replica.
 //!
-//! One key a pair, `{key_prefix}{webhook}:{event id}:{sink}` = `1`, written with `PX ttl`
-//! only after the pair's broker confirmed it (never claimed before delivery, so at-least-once
-//! holds). A batch reads its keys with one `MGET` before publishing and writes them with one
-//! pipeline after the confirms. Every round trip is bounded by `ledger.timeout`; a failed one
-//! is counted (`c360_ledger_errors_total`), marks the ledger degraded and makes the batch
-//! publish as if nothing were recorded. The next round trip that succeeds clears it.
+//! Pairs are members of Redis sets, one set per webhook, sink and window of `ttl`:
+//! `{key_prefix}{webhook}:{sink}:{window}` holds the event ids (`c360-event-id`) confirmed at
+//! that sink while the window lasted (window = Unix milliseconds / ttl). A set is written with
+//! `SADD` only after its pairs' broker confirmed them (never claimed before delivery, so
+//! at-least-once holds) and expires two windows after it began (`PEXPIRE`, in the same
+//! `MULTI`), so a pair is remembered at least `ttl` and at most twice that. A batch reads with
+//! `SMISMEMBER` in every window a pair of the last `ttl` can be in (two, three near a window's
+//! end, a clock skew of up to a minute between replicas allowed) before publishing, and
+//! writes once after the confirms: one pipelined round trip each. One command a set instead
+//! of one a pair is what keeps Redis cheap (a `SET … PX` a pair cost Redis 2.4 µs each).
+//! Every round trip is bounded by `ledger.timeout`; a failed one is counted
+//! (`c360_ledger_errors_total`), marks the ledger degraded and makes the batch publish as if
+//! nothing were recorded. The next round trip that succeeds clears it.
 //!
-//! Redis Cluster: the `MGET` is split per node by the client; a cluster pipeline must stay in
-//! one hash slot, so the writes go out as single `SET`s at once over each node's multiplexed
-//! connection (still one round trip in time).
+//! Redis Cluster: each window's set is split in 16 by the event id's first hex digit
+//! (`…:{window}:{digit}`), so the sets spread over the nodes; every set's commands go out
+//! at once over each node's multiplexed connection (still one round trip in time).
 
 use super::{Health, Pair};
 use crate::config::LedgerConfig;
@@ -17,8 +24,9 @@ use crate::metrics as m;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use std::ops::RangeInclusive;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::OnceCell;
 
 /// Why the Redis ledger cannot be set up (a URL the client refuses).
@@ -67,76 +75,165 @@ impl Cluster {
     }
 }
 
+/// Clock skew between replicas (and Redis) a read allows for, at most.
+const MAX_SKEW_MS: u64 = 60_000;
+
 pub struct RedisLedger {
     conn: Conn,
     prefix: String,
-    ttl_ms: u64,
+    windows: Windows,
+    /// Redis Cluster: each window's set is split by the event id's first hex digit.
+    sharded: bool,
     timeout: Duration,
     /// Why the last round trip failed; `None` while the last one succeeded.
     degraded: Mutex<Option<String>>,
 }
 
+/// Time cut in windows of `ttl`: which set a confirm goes to, which sets a read looks in.
+#[derive(Debug, Clone, Copy)]
+struct Windows {
+    len_ms: u64,
+    skew_ms: u64,
+}
+
+impl Windows {
+    fn new(ttl: Duration) -> Self {
+        let len_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        Self {
+            len_ms,
+            skew_ms: MAX_SKEW_MS.min(len_ms / 2),
+        }
+    }
+
+    /// The window a confirm at `now_ms` is written to, and the milliseconds its set must
+    /// live from now: until two windows after its start (plus the skew), so every member
+    /// outlives `ttl`.
+    fn write(&self, now_ms: u64) -> (u64, u64) {
+        let w = now_ms / self.len_ms;
+        let end = (w.saturating_add(2))
+            .saturating_mul(self.len_ms)
+            .saturating_add(self.skew_ms);
+        (w, end.saturating_sub(now_ms).max(1))
+    }
+
+    /// The windows holding every pair confirmed within `ttl` before `now_ms`, by a clock
+    /// up to the skew ahead of or behind this one.
+    fn read(&self, now_ms: u64) -> RangeInclusive<u64> {
+        let from = now_ms.saturating_sub(self.len_ms.saturating_add(self.skew_ms)) / self.len_ms;
+        from..=now_ms.saturating_add(self.skew_ms) / self.len_ms
+    }
+}
+
+/// The pairs of a batch that share a set (in every window): their index in the batch and
+/// event id.
+struct Group<'a> {
+    webhook: &'a str,
+    sink: &'a str,
+    shard: Option<char>,
+    members: Vec<(usize, &'a str)>,
+}
+
 impl RedisLedger {
     /// Prepares the client; nothing is connected yet. Must run inside a tokio runtime.
     pub fn new(config: &LedgerConfig) -> Result<Self, RedisSetupError> {
-        let t = config.timeout;
-        let conn = if config.cluster {
-            let client = ClusterClient::builder(vec![config.url.as_str()])
-                .connection_timeout(t)
-                .response_timeout(t)
-                .retries(1)
-                .build()
-                .map_err(RedisSetupError)?;
-            Conn::Cluster(Box::new(Cluster {
-                client,
-                conn: OnceCell::new(),
-            }))
-        } else {
-            let client = redis::Client::open(config.url.as_str()).map_err(RedisSetupError)?;
-            let settings = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(t))
-                .set_response_timeout(Some(t))
-                .set_number_of_retries(1)
-                .set_max_delay(Duration::from_secs(1));
-            Conn::Single(
-                ConnectionManager::new_lazy_with_config(client, settings)
-                    .map_err(RedisSetupError)?,
-            )
-        };
         Ok(Self {
-            conn,
+            conn: Conn::new(config)?,
             prefix: config.key_prefix.clone(),
-            ttl_ms: u64::try_from(config.ttl.as_millis()).unwrap_or(u64::MAX),
-            timeout: t,
+            windows: Windows::new(config.ttl),
+            sharded: config.cluster,
+            timeout: config.timeout,
             degraded: Mutex::new(None),
         })
     }
 
-    /// The Redis key of a pair.
-    pub fn key(&self, p: &Pair<'_>) -> String {
-        format!("{}{}:{}:{}", self.prefix, p.webhook, p.event_id, p.sink)
+    /// The Redis key of the set that holds `pair` if it was confirmed in `window`.
+    pub fn set_key(&self, pair: &Pair<'_>, window: u64) -> String {
+        self.key(pair.webhook, pair.sink, self.shard(pair.event_id), window)
     }
 
-    /// For each pair, whether its key exists; all `false` when Redis fails.
+    fn key(&self, webhook: &str, sink: &str, shard: Option<char>, window: u64) -> String {
+        match shard {
+            None => format!("{}{webhook}:{sink}:{window}", self.prefix),
+            Some(c) => format!("{}{webhook}:{sink}:{window}:{c}", self.prefix),
+        }
+    }
+
+    fn shard(&self, event_id: &str) -> Option<char> {
+        self.sharded.then(|| event_id.chars().next().unwrap_or('-'))
+    }
+
+    /// The batch's pairs grouped by set, in order of first appearance.
+    fn groups<'a>(&self, pairs: &[Pair<'a>]) -> Vec<Group<'a>> {
+        let mut groups: Vec<Group<'a>> = Vec::new();
+        for (i, p) in pairs.iter().enumerate() {
+            let shard = self.shard(p.event_id);
+            let same =
+                |g: &&mut Group<'a>| g.webhook == p.webhook && g.sink == p.sink && g.shard == shard;
+            match groups.iter_mut().find(same) {
+                Some(g) => g.members.push((i, p.event_id)),
+                None => groups.push(Group {
+                    webhook: p.webhook,
+                    sink: p.sink,
+                    shard,
+                    members: vec![(i, p.event_id)],
+                }),
+            }
+        }
+        groups
+    }
+
+    /// For each pair, whether its broker confirmed it within `ttl`; all `false` when Redis
+    /// fails.
     pub async fn seen(&self, pairs: &[Pair<'_>]) -> Vec<bool> {
+        let mut seen = vec![false; pairs.len()];
         if pairs.is_empty() {
-            return Vec::new();
+            return seen;
         }
-        let keys: Vec<String> = pairs.iter().map(|p| self.key(p)).collect();
-        let read = self.bounded(self.mget(&keys)).await;
-        match self.outcome("read", read) {
-            Some(found) if found.len() == pairs.len() => found,
-            _ => vec![false; pairs.len()],
+        let groups = self.groups(pairs);
+        let windows = self.windows.read(unix_ms());
+        let mut asked = Vec::new();
+        let mut cmds = Vec::new();
+        for g in &groups {
+            for w in windows.clone() {
+                let mut cmd = redis::cmd("SMISMEMBER");
+                cmd.arg(self.key(g.webhook, g.sink, g.shard, w));
+                g.members.iter().for_each(|(_, id)| {
+                    cmd.arg(*id);
+                });
+                cmds.push(cmd);
+                asked.push(g);
+            }
         }
+        let read = self.bounded(self.ask(cmds)).await;
+        if let Some(replies) = self.outcome("read", read) {
+            for (g, found) in asked.iter().zip(replies) {
+                for ((i, _), hit) in g.members.iter().zip(found) {
+                    seen[*i] |= hit;
+                }
+            }
+        }
+        seen
     }
 
-    /// Writes the keys of confirmed pairs; a failure is counted and otherwise ignored.
+    /// Adds confirmed pairs to their sets; a failure is counted and otherwise ignored.
     pub async fn record(&self, pairs: &[Pair<'_>]) {
         if pairs.is_empty() {
             return;
         }
-        let keys: Vec<String> = pairs.iter().map(|p| self.key(p)).collect();
-        let written = self.bounded(self.set_all(&keys)).await;
+        let (window, live_ms) = self.windows.write(unix_ms());
+        let live_ms = i64::try_from(live_ms).unwrap_or(i64::MAX);
+        let writes = self.groups(pairs).into_iter().map(|g| {
+            let key = self.key(g.webhook, g.sink, g.shard, window);
+            let mut add = redis::cmd("SADD");
+            add.arg(&key);
+            g.members.iter().for_each(|(_, id)| {
+                add.arg(*id);
+            });
+            let mut expire = redis::cmd("PEXPIRE");
+            expire.arg(&key).arg(live_ms);
+            [add, expire]
+        });
+        let written = self.bounded(self.write(writes.collect())).await;
         self.outcome("write", written);
     }
 
@@ -183,40 +280,53 @@ impl RedisLedger {
         r.ok()
     }
 
-    async fn mget(&self, keys: &[String]) -> Result<Vec<bool>, RoundTripError> {
-        let cmd = redis::cmd("MGET").arg(keys).to_owned();
-        let values: Vec<Option<Vec<u8>>> = match &self.conn {
-            Conn::Single(c) => cmd.query_async(&mut c.clone()).await?,
-            Conn::Cluster(c) => cmd.query_async(&mut c.get().await?).await?,
-        };
-        Ok(values.iter().map(Option::is_some).collect())
+    /// The `SMISMEMBER` replies, in order: one pipeline on one server, each command at once
+    /// on its node in a cluster.
+    async fn ask(&self, cmds: Vec<redis::Cmd>) -> Result<Vec<Vec<bool>>, RoundTripError> {
+        Ok(match &self.conn {
+            Conn::Single(c) => {
+                let mut pipe = redis::pipe();
+                cmds.into_iter().for_each(|cmd| {
+                    pipe.add_command(cmd);
+                });
+                pipe.query_async(&mut c.clone()).await?
+            }
+            Conn::Cluster(c) => {
+                let conn = c.get().await?;
+                let asks = cmds.into_iter().map(|cmd| {
+                    let mut conn = conn.clone();
+                    async move { cmd.query_async::<Vec<bool>>(&mut conn).await }
+                });
+                let replies = futures::future::join_all(asks).await;
+                replies.into_iter().collect::<Result<_, _>>()?
+            }
+        })
     }
 
-    async fn set_all(&self, keys: &[String]) -> Result<(), RoundTripError> {
-        let set = |k: &String| {
-            redis::cmd("SET")
-                .arg(k)
-                .arg(1)
-                .arg("PX")
-                .arg(self.ttl_ms)
-                .to_owned()
+    /// Each set's `SADD` and `PEXPIRE` in one `MULTI`: all sets in one on one server, each
+    /// set's at once on its node in a cluster.
+    async fn write(&self, sets: Vec<[redis::Cmd; 2]>) -> Result<(), RoundTripError> {
+        let atomic = |cmds: &mut dyn Iterator<Item = redis::Cmd>| {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            cmds.for_each(|cmd| {
+                pipe.add_command(cmd).ignore();
+            });
+            pipe
         };
         match &self.conn {
             Conn::Single(c) => {
-                let mut pipe = redis::pipe();
-                for k in keys {
-                    pipe.add_command(set(k)).ignore();
-                }
+                let pipe = atomic(&mut sets.into_iter().flatten());
                 pipe.query_async::<()>(&mut c.clone()).await?;
             }
             Conn::Cluster(c) => {
                 let conn = c.get().await?;
-                let sets = keys.iter().map(|k| {
+                let writes = sets.into_iter().map(|set| {
                     let mut conn = conn.clone();
-                    let cmd = set(k);
-                    async move { cmd.query_async::<()>(&mut conn).await }
+                    let pipe = atomic(&mut set.into_iter());
+                    async move { pipe.query_async::<()>(&mut conn).await }
                 });
-                for r in futures::future::join_all(sets).await {
+                for r in futures::future::join_all(writes).await {
                     r?;
                 }
             }
@@ -225,24 +335,101 @@ impl RedisLedger {
     }
 }
 
+impl Conn {
+    fn new(config: &LedgerConfig) -> Result<Self, RedisSetupError> {
+        let t = config.timeout;
+        Ok(if config.cluster {
+            let client = ClusterClient::builder(vec![config.url.as_str()])
+                .connection_timeout(t)
+                .response_timeout(t)
+                .retries(1)
+                .build()
+                .map_err(RedisSetupError)?;
+            Conn::Cluster(Box::new(Cluster {
+                client,
+                conn: OnceCell::new(),
+            }))
+        } else {
+            let client = redis::Client::open(config.url.as_str()).map_err(RedisSetupError)?;
+            let settings = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(t))
+                .set_response_timeout(Some(t))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_secs(1));
+            Conn::Single(
+                ConnectionManager::new_lazy_with_config(client, settings)
+                    .map_err(RedisSetupError)?,
+            )
+        })
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 for a clock set before it).
+fn unix_ms() -> u64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn keys_carry_prefix_webhook_event_id_and_sink_name() {
-        let config = LedgerConfig {
+    async fn set_keys_carry_prefix_webhook_sink_and_window_and_a_shard_in_a_cluster() {
+        let mut config = LedgerConfig {
             key_prefix: "p:".into(),
             ..LedgerConfig::default()
         };
-        let l = RedisLedger::new(&config).unwrap();
         let pair = Pair {
             key: 7,
             webhook: "wh",
-            event_id: "00ff",
+            event_id: "a0ff",
             sink: "kafka",
         };
-        assert_eq!(l.key(&pair), "p:wh:00ff:kafka");
+        assert_eq!(
+            RedisLedger::new(&config).unwrap().set_key(&pair, 42),
+            "p:wh:kafka:42"
+        );
+        config.cluster = true;
+        assert_eq!(
+            RedisLedger::new(&config).unwrap().set_key(&pair, 42),
+            "p:wh:kafka:42:a"
+        );
+    }
+
+    #[test]
+    fn a_pair_is_read_back_for_at_least_ttl_whatever_the_moment_it_was_written() {
+        let w = Windows::new(Duration::from_secs(3600));
+        let hour = 3_600_000;
+        for written in [0, 1, hour - 1, hour, 5 * hour + 1234, 7 * hour - 60_001] {
+            let (window, live) = w.write(written);
+            // The set outlives ttl after the write, by at most two windows and the skew.
+            assert!(
+                live >= hour && live <= 2 * hour + 60_000,
+                "{written}: {live}"
+            );
+            for read in [written, written + 1, written + hour / 2, written + hour] {
+                // Read by this clock, or by a replica's a minute behind or ahead.
+                for skew in [-60_000, 0, 60_000] {
+                    let clock = read.saturating_add_signed(skew);
+                    assert!(w.read(clock).contains(&window), "{written} read at {clock}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_read_looks_in_two_windows_and_three_within_the_skew_of_a_window_edge() {
+        let w = Windows::new(Duration::from_secs(3600));
+        let hour = 3_600_000;
+        assert_eq!(w.read(10 * hour + 120_000), 9..=10);
+        assert_eq!(w.read(11 * hour - 30_000), 9..=11);
+        assert_eq!(w.read(10 * hour + 30_000), 8..=10);
+        // A ttl shorter than the skew allowance keeps the windows few.
+        let short = Windows::new(Duration::from_millis(100));
+        assert!(short.read(1_000_000).count() <= 4);
     }
 
     #[tokio::test]

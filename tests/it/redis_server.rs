@@ -177,12 +177,9 @@ impl RedisCluster {
         format!("redis://127.0.0.1:{}", self.nodes[0].port)
     }
 
-    /// Keys each node holds, in node order.
-    pub fn keys_per_node(&self) -> Vec<usize> {
-        self.nodes
-            .iter()
-            .map(|n| cli(n.port, &["dbsize"]).trim().parse().unwrap_or(0))
-            .collect()
+    /// Ledger pairs (set members under `prefix`) each node holds, in node order.
+    pub fn members_per_node(&self, prefix: &str) -> Vec<usize> {
+        self.nodes.iter().map(|n| members(n.port, prefix)).collect()
     }
 }
 
@@ -203,6 +200,19 @@ pub fn keys(port: u16, prefix: &str) -> Vec<String> {
         .filter(|l| !l.is_empty())
         .map(str::to_owned)
         .collect()
+}
+
+/// Members of every set whose name starts with `prefix` on the server at `port`.
+pub fn members(port: u16, prefix: &str) -> usize {
+    keys(port, prefix)
+        .iter()
+        .map(|k| {
+            cli(port, &["scard", k])
+                .trim()
+                .parse::<usize>()
+                .unwrap_or(0)
+        })
+        .sum()
 }
 
 /// A free loopback port whose cluster bus port (+10000) is free too.
