@@ -33,7 +33,7 @@ BIN=target/release/c360-bridge; LG=target/release/c360-loadgen; DIRECT="$LG --wo
 KEY=bench-key; PORT="${BENCH_PORT:-18181}"
 PID=""; trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null || true' EXIT # no bridge outlives a failure
 # Results of earlier invocations (other ROUNDS, older binaries) must not enter this table.
-rm -f "$OUT"/*.json "$OUT"/*-rss
+rm -f "$OUT"/*.json "$OUT"/*-rss "$OUT"/*.cpu
 
 load() { echo --concurrency "$CONCURRENCY" --batch-size "${1:-$BATCH}" --event-size "$EVENT_SIZE" --duration "$DURATION"; }
 wait_ready() { for _ in $(seq 1 200); do curl -fs "http://$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "bridge not ready" >&2; return 1; }
@@ -86,6 +86,30 @@ stop() {
   kill -TERM "$PID"; wait "$PID"
 }
 hook() { echo --url "http://127.0.0.1:$PORT/hook" --key "$KEY"; }
+# measured STEM BROKER_PID CMD...: runs the load CMD (its JSON to STEM.json) and writes the CPU
+# ticks the bridge ($PID) and the broker spent meanwhile to STEM.cpu (for the CloudEvents table).
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+measured() {
+  local stem=$1 broker=$2 b0 k0; shift 2
+  b0=$(ticks "$PID"); k0=$(ticks "$broker")
+  "$@" >"$OUT/$stem.json"
+  echo "$(($(ticks "$PID") - b0)) $(($(ticks "$broker") - k0))" >"$OUT/$stem.cpu"
+}
+tansu_pid() { cat "${C360_STATE:-/tmp/c360-bridge-brokers}/tansu.pid"; }
+rabbit_pid() { pgrep -x beam.smp | head -1; }
+# cpu_per_event STEM: the median over rounds of the bridge's and the broker's CPU µs per event.
+cpu_per_event() {
+  python3 - "$OUT/$1" <<'PY'
+import glob, json, os, statistics, sys
+bridge, broker = [], []
+for c in glob.glob(sys.argv[1] + "-[0-9]*.cpu"):
+    d = json.load(open(c[:-4] + ".json"))
+    n = max(d["events_per_s"] * d["seconds"], 1) / 1e4  # ticks are 10 ms: µs per event
+    b, k = map(int, open(c).read().split())
+    bridge.append(b / n); broker.append(k / n)
+print(f"{statistics.median(bridge):.1f} / {statistics.median(broker):.1f}")
+PY
+}
 
 # The tansu sink, with `cloudevents = false` (NO_CE) or without (the headers are on by default).
 NO_CE='
@@ -102,10 +126,10 @@ if want kafka-tansu; then
 rm -f "$OUT"/*-rss
 for r in $(seq 1 "$ROUNDS"); do
   fresh_tansu; serve kafka-tansu "$TANSU_SINK"
-  $LG http $(hook) $(load) >"$OUT/kafka-tansu-http-$r.json"
+  measured "kafka-tansu-http-$r" "$(tansu_pid)" $LG http $(hook) $(load)
   stop kafka-tansu
   fresh_tansu; serve kafka-tansu-noce "$(tansu_sink "$NO_CE")"
-  $LG http $(hook) $(load) >"$OUT/kafka-tansu-noce-http-$r.json"
+  measured "kafka-tansu-noce-http-$r" "$(tansu_pid)" $LG http $(hook) $(load)
   stop kafka-tansu-noce
   fresh_tansu; $DIRECT direct-kafka --bootstrap 127.0.0.1:$KAFKA_PORT --prefix catalog360 $(load) >"$OUT/kafka-tansu-direct-$r.json"
 done
@@ -131,10 +155,10 @@ if want rabbitmq; then
 for r in $(seq 1 "$ROUNDS"); do
   purge; $DIRECT direct-rabbit --exchange bench --bind-queue c360-bench $(load) >"$OUT/rabbitmq-direct-$r.json"
   serve rabbitmq-noce "$RABBIT_SINK$NO_CE"
-  purge; $LG http $(hook) $(load) >"$OUT/rabbitmq-noce-http-$r.json"
+  purge; measured "rabbitmq-noce-http-$r" "$(rabbit_pid)" $LG http $(hook) $(load)
   stop rabbitmq-noce
   serve rabbitmq "$RABBIT_SINK"
-  purge; $LG http $(hook) $(load) >"$OUT/rabbitmq-http-$r.json"
+  purge; measured "rabbitmq-http-$r" "$(rabbit_pid)" $LG http $(hook) $(load)
   [ "$r" = "$ROUNDS" ] || stop rabbitmq
 done
 median rabbitmq http; median rabbitmq direct; median rabbitmq-noce http
@@ -288,12 +312,13 @@ PY
 fi
 if want kafka-tansu && want rabbitmq; then
 printf '\nCloudEvents headers (on by default) against a sink with cloudevents = false, same invocation:\n\n'
-printf '| broker, %s-event batches | bridge events/s, CloudEvents on | bridge events/s, cloudevents = false | on/off | all rounds on | all rounds off |\n|---|---|---|---|---|---|\n' "$BATCH"
+printf '| broker, %s-event batches | bridge events/s, CloudEvents on | bridge events/s, cloudevents = false | on/off | CPU µs/event bridge / broker, on | off | all rounds on | all rounds off |\n|---|---|---|---|---|---|---|---|\n' "$BATCH"
 for b in kafka-tansu rabbitmq; do
   on="$OUT/$b-http.json"; off="$OUT/$b-noce-http.json"
-  printf '| %s | %.0f | %.0f | %.3f | %s | %s |\n' "$b" \
+  printf '| %s | %.0f | %.0f | %.3f | %s | %s | %s | %s |\n' "$b" \
     "$(get "$on" "d['events_per_s']")" "$(get "$off" "d['events_per_s']")" \
     "$(python3 -c "import json; a=json.load(open('$on')); b=json.load(open('$off')); print(a['events_per_s']/max(b['events_per_s'],1))")" \
+    "$(cpu_per_event "$b-http")" "$(cpu_per_event "$b-noce-http")" \
     "$(rounds "$b-http")" \
     "$(rounds "$b-noce-http")"
 done
