@@ -57,6 +57,7 @@ start_rabbitmq() {
 }
 
 # Debian's redis-server (redis-cli comes with it); no persistence: the ledger is an optimisation.
+# Expired and evicted ledger sets are freed in the background (README: Running several replicas).
 start_redis() {
   if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
     log "installing redis-server (Debian)"
@@ -66,7 +67,7 @@ start_redis() {
   if ! port_open "$REDIS_PORT"; then
     log "starting Redis on 127.0.0.1:$REDIS_PORT"
     redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --daemonize yes --save '' --appendonly no \
-      --dir "$STATE" --pidfile "$STATE/redis.pid" --logfile "$STATE/redis.log" >&2
+      --lazyfree-lazy-expire yes --lazyfree-lazy-eviction yes --dir "$STATE" --pidfile "$STATE/redis.pid" --logfile "$STATE/redis.log" >&2
   fi
   for _ in $(seq 1 100); do
     [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ] && { log "Redis ready on 127.0.0.1:$REDIS_PORT"; return 0; }

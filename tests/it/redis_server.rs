@@ -54,6 +54,8 @@ impl RedisServer {
                 "",
                 "--appendonly",
                 "no",
+                "--lazyfree-lazy-expire",
+                "yes",
             ])
             .args(["--dir", &dir])
             .args(&self.extra)
