@@ -5,9 +5,10 @@
 //! that sink while the window lasted (window = Unix milliseconds / ttl). A set is written with
 //! `SADD` only after its pairs' broker confirmed them (never claimed before delivery, so
 //! at-least-once holds) and expires two windows after it began (`PEXPIRE`, in the same
-//! `MULTI`), so a pair is remembered at least `ttl` and at most twice that. A batch reads with
-//! `SMISMEMBER` in every window a pair of the last `ttl` can be in (two, three near a window's
-//! end, a clock skew of up to a minute between replicas allowed) before publishing, and
+//! `MULTI`), so a pair is remembered at least `ttl` and at most twice that plus the skew
+//! allowance. A batch reads with `SMISMEMBER` in every window a pair of the last `ttl` can be in
+//! (two, three near a window's edge: a clock skew between replicas of up to a minute, or half
+//! the ttl when that is shorter, is allowed) before publishing, and
 //! writes once after the confirms: one pipelined round trip each. One command a set instead
 //! of one a pair is what keeps Redis cheap (a `SET … PX` a pair cost Redis 2.4 µs each).
 //! Every round trip is bounded by `ledger.timeout`; a failed one is counted
@@ -77,6 +78,8 @@ impl Cluster {
 
 /// Clock skew between replicas (and Redis) a read allows for, at most.
 const MAX_SKEW_MS: u64 = 60_000;
+/// The longest expiry the ledger asks for (a century): Redis refuses one that overflows.
+const MAX_LIVE_MS: u64 = 100 * 365 * 24 * 3_600_000;
 
 pub struct RedisLedger {
     conn: Conn,
@@ -113,7 +116,7 @@ impl Windows {
         let end = (w.saturating_add(2))
             .saturating_mul(self.len_ms)
             .saturating_add(self.skew_ms);
-        (w, end.saturating_sub(now_ms).max(1))
+        (w, end.saturating_sub(now_ms).clamp(1, MAX_LIVE_MS))
     }
 
     /// The windows holding every pair confirmed within `ttl` before `now_ms`, by a clock
@@ -403,11 +406,11 @@ mod tests {
     fn a_pair_is_read_back_for_at_least_ttl_whatever_the_moment_it_was_written() {
         let w = Windows::new(Duration::from_secs(3600));
         let hour = 3_600_000;
-        for written in [0, 1, hour - 1, hour, 5 * hour + 1234, 7 * hour - 60_001] {
+        for written in [60_000, hour - 1, hour, 5 * hour + 1234, 7 * hour - 60_001] {
             let (window, live) = w.write(written);
-            // The set outlives ttl after the write, by at most two windows and the skew.
+            // The set outlives ttl and the skew after the write, by at most two windows.
             assert!(
-                live >= hour && live <= 2 * hour + 60_000,
+                live > hour + 60_000 && live <= 2 * hour + 60_000,
                 "{written}: {live}"
             );
             for read in [written, written + 1, written + hour / 2, written + hour] {
@@ -427,9 +430,30 @@ mod tests {
         assert_eq!(w.read(10 * hour + 120_000), 9..=10);
         assert_eq!(w.read(11 * hour - 30_000), 9..=11);
         assert_eq!(w.read(10 * hour + 30_000), 8..=10);
-        // A ttl shorter than the skew allowance keeps the windows few.
-        let short = Windows::new(Duration::from_millis(100));
-        assert!(short.read(1_000_000).count() <= 4);
+    }
+
+    #[test]
+    fn a_short_ttl_allows_half_of_it_as_skew_and_still_finds_every_pair() {
+        let w = Windows::new(Duration::from_millis(100));
+        for written in [1_000_000, 1_000_049, 1_000_099] {
+            let (window, live) = w.write(written);
+            assert!(live > 100 + 50 && live <= 250, "{written}: {live}");
+            for read in written..=written + 100 {
+                for clock in [read - 50, read, read + 50] {
+                    let windows = w.read(clock);
+                    assert!(windows.contains(&window), "{written} read at {clock}");
+                    assert!(windows.count() <= 4);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_huge_ttl_asks_redis_for_an_expiry_it_accepts() {
+        let w = Windows::new(Duration::from_secs(u64::MAX / 4));
+        let (_, live) = w.write(1_800_000_000_000);
+        assert_eq!(live, MAX_LIVE_MS);
+        assert!(w.read(1_800_000_000_000).contains(&0));
     }
 
     #[tokio::test]

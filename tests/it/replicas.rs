@@ -5,9 +5,11 @@
 
 use crate::harness::{self, Bridge, Queue, create_topics, kafka, post};
 use crate::redis_server::{self, RedisCluster, RedisServer};
+use c360_bridge::config::{LedgerBackend, LedgerConfig};
+use c360_bridge::ledger::{Health, Pair, RedisLedger};
 use lapin::types::FieldTable;
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const KEY: &str = "replicas-key";
 const EVENTS: usize = 5;
@@ -141,11 +143,61 @@ async fn two_replicas_sharing_redis_publish_each_event_once() {
             .trim()
             .parse()
             .unwrap();
+        // At least the ttl (10 min) and the minute of skew from the write, minus this test's
+        // seconds; at most two windows and the minute.
         assert!(
-            pttl > 0 && pttl <= 2 * 600_000 + 60_000,
+            pttl > 600_000 && pttl <= 2 * 600_000 + 60_000,
             "{set}: PTTL {pttl}"
         );
     }
+}
+
+/// The ledger's windows over time, against the suite's Redis with a ttl of 1.5 s: a pair is
+/// still found after the window it was recorded in ended (a resend across a window's edge is
+/// skipped), for at least the ttl, and forgotten once its set expired.
+#[tokio::test]
+async fn a_pair_is_found_across_a_window_edge_for_the_ttl_then_forgotten() {
+    let _shared = harness::SHARED_BROKERS.read().await;
+    let ttl = Duration::from_millis(1500);
+    let ledger = RedisLedger::new(&LedgerConfig {
+        backend: LedgerBackend::Redis,
+        url: redis_server::shared_url(),
+        key_prefix: format!("{}:", harness::unique("it-windows")),
+        ttl,
+        timeout: Duration::from_secs(1),
+        ..LedgerConfig::default()
+    })
+    .unwrap();
+    let pair = Pair {
+        key: 0,
+        webhook: "w",
+        event_id: "0123456789abcdef0123456789abcdef",
+        sink: "s",
+    };
+    let window = || {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        ms / ttl.as_millis()
+    };
+    ledger.record(&[pair]).await;
+    let recorded = Instant::now();
+    let first = window();
+    while window() == first {
+        assert_eq!(ledger.seen(&[pair]).await, [true], "within its window");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ledger.seen(&[pair]).await, [true], "after its window ended");
+    let until = recorded + 3 * ttl;
+    while ledger.seen(&[pair]).await == [true] {
+        assert!(Instant::now() < until, "never forgotten");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let remembered = recorded.elapsed();
+    eprintln!("ledger windows: a pair recorded with ttl {ttl:?} was found for {remembered:?}");
+    assert!(remembered >= ttl, "forgotten after {remembered:?}");
+    assert_eq!(ledger.health(), Health::Ok);
 }
 
 #[tokio::test]
