@@ -228,7 +228,8 @@ fi
 
 # The Redis retry ledger against the memory ledger: the same bridge, sink and load on an empty
 # tansu, alternating; a key prefix of each run's own, so no run skips what an earlier one sent.
-ledger_toml() { printf '[ledger]\nbackend = "redis"\nurl = "%s"\nkey_prefix = "c360-bench:%s:"\nttl = "5m"\n' "$REDIS_URL" "$1"; }
+# The default ttl (1h), as a deployment has it; the sets are removed at the end (UNLINK).
+ledger_toml() { printf '[ledger]\nbackend = "redis"\nurl = "%s"\nkey_prefix = "c360-bench:%s:"\n' "$REDIS_URL" "$1"; }
 # The Redis server's own CPU seconds so far (user + system, from INFO cpu): on this machine it
 # shares the cores with the bridge, tansu and the load generator.
 redis_cpu() { redis-cli -u "$REDIS_URL" info cpu | tr -d '\r' | awk -F: '/^used_cpu_(user|sys):/ {s += $2} END {print s}'; }
@@ -250,6 +251,7 @@ if want ledger; then
     $LG http $(hook) $(load) --rate "$(half_rate "ledger-$l")" >"$OUT/ledger-$l-half.json"
     stop "ledger-$l"
   done
+  redis-cli -u "$REDIS_URL" --scan --pattern "c360-bench:$$-*" | xargs -r -n 100 redis-cli -u "$REDIS_URL" unlink >/dev/null
   fresh_tansu
 fi
 
