@@ -185,6 +185,16 @@ impl RedisLedger {
         groups
     }
 
+    /// `COMMAND set-of-group-in-window id…`.
+    fn members(&self, command: &str, g: &Group<'_>, window: u64) -> redis::Cmd {
+        let mut cmd = redis::cmd(command);
+        cmd.arg(self.key(g.webhook, g.sink, g.shard, window));
+        for (_, id) in &g.members {
+            cmd.arg(*id);
+        }
+        cmd
+    }
+
     /// For each pair, whether its broker confirmed it within `ttl`; all `false` when Redis
     /// fails.
     pub async fn seen(&self, pairs: &[Pair<'_>]) -> Vec<bool> {
@@ -194,19 +204,14 @@ impl RedisLedger {
         }
         let groups = self.groups(pairs);
         let windows = self.windows.read(unix_ms());
-        let mut asked = Vec::new();
-        let mut cmds = Vec::new();
-        for g in &groups {
-            for w in windows.clone() {
-                let mut cmd = redis::cmd("SMISMEMBER");
-                cmd.arg(self.key(g.webhook, g.sink, g.shard, w));
-                g.members.iter().for_each(|(_, id)| {
-                    cmd.arg(*id);
-                });
-                cmds.push(cmd);
-                asked.push(g);
-            }
-        }
+        let (asked, cmds): (Vec<&Group>, Vec<redis::Cmd>) = groups
+            .iter()
+            .flat_map(|g| {
+                windows
+                    .clone()
+                    .map(move |w| (g, self.members("SMISMEMBER", g, w)))
+            })
+            .unzip();
         let read = self.bounded(self.ask(cmds)).await;
         if let Some(replies) = self.outcome("read", read) {
             for (g, found) in asked.iter().zip(replies) {
@@ -226,15 +231,11 @@ impl RedisLedger {
         let (window, live_ms) = self.windows.write(unix_ms());
         let live_ms = i64::try_from(live_ms).unwrap_or(i64::MAX);
         let writes = self.groups(pairs).into_iter().map(|g| {
-            let key = self.key(g.webhook, g.sink, g.shard, window);
-            let mut add = redis::cmd("SADD");
-            add.arg(&key);
-            g.members.iter().for_each(|(_, id)| {
-                add.arg(*id);
-            });
             let mut expire = redis::cmd("PEXPIRE");
-            expire.arg(&key).arg(live_ms);
-            [add, expire]
+            expire
+                .arg(self.key(g.webhook, g.sink, g.shard, window))
+                .arg(live_ms);
+            [self.members("SADD", &g, window), expire]
         });
         let written = self.bounded(self.write(writes.collect())).await;
         self.outcome("write", written);
