@@ -27,6 +27,7 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use std::ops::RangeInclusive;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::OnceCell;
 
@@ -90,6 +91,8 @@ pub struct RedisLedger {
     timeout: Duration,
     /// Why the last round trip failed; `None` while the last one succeeded.
     degraded: Mutex<Option<String>>,
+    /// Whether Redis's way of freeing expired keys was looked at (once, after a success).
+    settings_checked: AtomicBool,
 }
 
 /// Time cut in windows of `ttl`: which set a confirm goes to, which sets a read looks in.
@@ -146,6 +149,7 @@ impl RedisLedger {
             sharded: config.cluster,
             timeout: config.timeout,
             degraded: Mutex::new(None),
+            settings_checked: AtomicBool::new(false),
         })
     }
 
@@ -281,7 +285,29 @@ impl RedisLedger {
             m::ledger_degraded(why.is_some());
             *d = why;
         }
+        if r.is_ok() {
+            self.check_settings_once();
+        }
         r.ok()
+    }
+
+    /// After the first round trip that succeeded, looks once (in a task of its own) whether
+    /// Redis frees expired keys in its main thread.
+    fn check_settings_once(&self) {
+        if self.settings_checked.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let timeout = self.timeout;
+        match &self.conn {
+            Conn::Single(c) => {
+                tokio::spawn(warn_unless_lazy_expire(c.clone(), timeout));
+            }
+            Conn::Cluster(c) => {
+                if let Some(conn) = c.conn.get() {
+                    tokio::spawn(warn_unless_lazy_expire(conn.clone(), timeout));
+                }
+            }
+        }
     }
 
     /// The `SMISMEMBER` replies, in order: one pipeline on one server, each command at once
@@ -365,6 +391,32 @@ impl Conn {
                     .map_err(RedisSetupError)?,
             )
         })
+    }
+}
+
+/// Warns when Redis frees expired keys in its main thread (`lazyfree-lazy-expire no`, the
+/// default of Redis 7): a ledger set holds a window's pairs, and freeing a large one blocks
+/// Redis for everyone (README, *Redis settings*). A Redis that refuses `CONFIG` (managed
+/// services may) is only noted at debug level.
+async fn warn_unless_lazy_expire(mut conn: impl redis::aio::ConnectionLike, timeout: Duration) {
+    let get = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("lazyfree-lazy-expire")
+        .to_owned();
+    let reply = tokio::time::timeout(timeout, get.query_async::<Vec<String>>(&mut conn)).await;
+    match reply {
+        Ok(Ok(kv)) if kv.get(1).is_some_and(|v| v == "no") => tracing::warn!(
+            "ledger: Redis frees expired keys in its main thread (lazyfree-lazy-expire no); a \
+             ledger set holds a window's pairs, and when a large one expires Redis answers \
+             nobody until it is freed: set lazyfree-lazy-expire yes (README: Redis settings)"
+        ),
+        Ok(Ok(_)) => {
+            tracing::debug!("ledger: Redis frees expired keys lazily (lazyfree-lazy-expire yes)")
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "ledger: cannot read Redis's lazyfree-lazy-expire")
+        }
+        Err(_) => tracing::debug!("ledger: no answer to CONFIG GET lazyfree-lazy-expire"),
     }
 }
 

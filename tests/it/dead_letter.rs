@@ -387,22 +387,6 @@ fn check_names_a_bad_dead_letter_table() {
     }
 }
 
-/// Waits until the served bridge's log has a line containing `what`, and returns it.
-async fn log_line(bridge: &Served, what: &str) -> String {
-    let until = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(line) = bridge.log().lines().find(|l| l.contains(what)) {
-            return line.to_owned();
-        }
-        assert!(
-            std::time::Instant::now() < until,
-            "no line with {what:?} in\n{}",
-            bridge.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_says_at_start_up_whether_the_kafka_dead_letter_topic_exists() {
     let _shared = SHARED_BROKERS.read().await;
@@ -424,7 +408,7 @@ async fn serve_says_at_start_up_whether_the_kafka_dead_letter_topic_exists() {
         );
         let (_dir, path) = write_config(&toml);
         let bridge = Served::start(&path, &[]).await;
-        let line = log_line(&bridge, what).await;
+        let line = bridge.log_line(what).await;
         assert!(line.contains(topic.as_str()), "{line}");
         bridge.stop().await;
     }

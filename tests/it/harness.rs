@@ -792,6 +792,22 @@ impl Served {
         std::fs::read_to_string(&self.log).expect("bridge log")
     }
 
+    /// Waits until the log has a line containing `what` (20 s at most), and returns it.
+    pub async fn log_line(&self, what: &str) -> String {
+        let until = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(line) = self.log().lines().find(|l| l.contains(what)) {
+                return line.to_owned();
+            }
+            assert!(
+                Instant::now() < until,
+                "no line with {what:?} in\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The process's `/metrics` text.
     pub async fn metrics(&self) -> String {
         reqwest::get(self.url("/metrics"))

@@ -25,6 +25,11 @@ impl RedisServer {
         Self::start_with(free_port_pair(), &[]).await
     }
 
+    /// A server on a free port with more `redis-server` arguments (later ones win).
+    pub async fn start_configured(extra: &[&str]) -> RedisServer {
+        Self::start_with(free_port_pair(), extra).await
+    }
+
     async fn start_with(port: u16, extra: &[&str]) -> RedisServer {
         let mut s = RedisServer {
             port,

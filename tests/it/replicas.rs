@@ -3,7 +3,7 @@
 //! ledger runs the same scenarios, so the duplicates each backend leaves are measured side by
 //! side (`DUP-TABLE` lines).
 
-use crate::harness::{self, Bridge, Queue, create_topics, kafka, post};
+use crate::harness::{self, Bridge, Queue, Served, create_topics, kafka, post};
 use crate::redis_server::{self, RedisCluster, RedisServer};
 use c360_bridge::config::{LedgerBackend, LedgerConfig};
 use c360_bridge::ledger::{Health, Pair, RedisLedger};
@@ -198,6 +198,47 @@ async fn a_pair_is_found_across_a_window_edge_for_the_ttl_then_forgotten() {
     eprintln!("ledger windows: a pair recorded with ttl {ttl:?} was found for {remembered:?}");
     assert!(remembered >= ttl, "forgotten after {remembered:?}");
     assert_eq!(ledger.health(), Health::Ok);
+}
+
+/// The served binary looks once at how its Redis frees expired keys: in the main thread
+/// (`lazyfree-lazy-expire no`, Redis 7's default) it says so in a WARN line naming the
+/// setting; lazily, it says nothing above debug.
+#[tokio::test]
+async fn a_redis_that_frees_expired_sets_in_its_main_thread_is_named_in_the_log() {
+    let _shared = harness::SHARED_BROKERS.read().await;
+    let topic = harness::unique("ledger-settings");
+    create_topics(&kafka(), std::slice::from_ref(&topic), 1).await;
+    let eager = RedisServer::start_configured(&["--lazyfree-lazy-expire", "no"]).await;
+    let lazy = RedisServer::start().await;
+    for (redis, eager_free) in [(&eager, true), (&lazy, false)] {
+        let toml = format!(
+            "{}{}{}{}",
+            harness::webhook_toml("settings", KEY),
+            harness::kafka_sink_toml("k", &kafka()),
+            harness::route_all_toml(&["k"], &format!("topic = \"{topic}\"\n")),
+            redis_ledger(&redis.url(), false),
+        );
+        let (_dir, path) = harness::write_config(&toml);
+        let served = Served::start(&path, &[("RUST_LOG", "info,c360_bridge::ledger=debug")]).await;
+        let body = harness::batch(&[harness::event("task_created", &harness::unique("ev"))]);
+        assert_eq!(
+            post(&served.url("/hook"), &body, Some(KEY)).await.status,
+            200
+        );
+        let want = if eager_free {
+            "lazyfree-lazy-expire no"
+        } else {
+            "lazyfree-lazy-expire yes"
+        };
+        let line = served.log_line(want).await;
+        assert_eq!(line.contains("WARN"), eager_free, "{line}");
+        let log = served.stop().await;
+        assert_eq!(
+            log.lines().filter(|l| l.contains("lazyfree")).count(),
+            1,
+            "looked at once:\n{log}"
+        );
+    }
 }
 
 #[tokio::test]
