@@ -100,7 +100,7 @@ rabbit_pid() { pgrep -x beam.smp | head -1; }
 # cpu_per_event STEM: the median over rounds of the bridge's and the broker's CPU µs per event.
 cpu_per_event() {
   python3 - "$OUT/$1" <<'PY'
-import glob, json, os, statistics, sys
+import glob, json, statistics, sys
 bridge, broker = [], []
 for c in glob.glob(sys.argv[1] + "-[0-9]*.cpu"):
     d = json.load(open(c[:-4] + ".json"))

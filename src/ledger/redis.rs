@@ -153,11 +153,7 @@ impl RedisLedger {
         })
     }
 
-    /// The Redis key of the set that holds `pair` if it was confirmed in `window`.
-    pub fn set_key(&self, pair: &Pair<'_>, window: u64) -> String {
-        self.key(pair.webhook, pair.sink, self.shard(pair.event_id), window)
-    }
-
+    /// The Redis key of the set of `webhook`'s pairs at `sink` (and `shard`) in `window`.
     fn key(&self, webhook: &str, sink: &str, shard: Option<char>, window: u64) -> String {
         match shard {
             None => format!("{}{webhook}:{sink}:{window}", self.prefix),
@@ -433,25 +429,35 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn set_keys_carry_prefix_webhook_sink_and_window_and_a_shard_in_a_cluster() {
+    async fn a_batch_is_grouped_by_set_named_by_prefix_webhook_sink_window_and_cluster_shard() {
         let mut config = LedgerConfig {
             key_prefix: "p:".into(),
             ..LedgerConfig::default()
         };
-        let pair = Pair {
+        let pair = |event_id| Pair {
             key: 7,
             webhook: "wh",
-            event_id: "a0ff",
+            event_id,
             sink: "kafka",
         };
-        assert_eq!(
-            RedisLedger::new(&config).unwrap().set_key(&pair, 42),
-            "p:wh:kafka:42"
-        );
+        let pairs = [pair("a0ff"), pair("b0ff"), pair("a1ee")];
+        let sets = |l: &RedisLedger| {
+            l.groups(&pairs)
+                .iter()
+                .map(|g| (l.key(g.webhook, g.sink, g.shard, 42), g.members.clone()))
+                .collect::<Vec<_>>()
+        };
+        let single = RedisLedger::new(&config).unwrap();
+        let all = vec![(0, "a0ff"), (1, "b0ff"), (2, "a1ee")];
+        assert_eq!(sets(&single), [("p:wh:kafka:42".to_owned(), all)]);
         config.cluster = true;
+        let cluster = RedisLedger::new(&config).unwrap();
         assert_eq!(
-            RedisLedger::new(&config).unwrap().set_key(&pair, 42),
-            "p:wh:kafka:42:a"
+            sets(&cluster),
+            [
+                ("p:wh:kafka:42:a".to_owned(), vec![(0, "a0ff"), (2, "a1ee")]),
+                ("p:wh:kafka:42:b".to_owned(), vec![(1, "b0ff")]),
+            ]
         );
     }
 
