@@ -7,7 +7,8 @@
 # table shows the median run of each), then the bridge at half of its median rate (p99 there),
 # and the peak RSS of the bridge; then 1-event batches on tansu (requests/s). On tansu and
 # RabbitMQ every round also runs the bridge with `cloudevents = false` on its sink, so the cost
-# of the CloudEvents headers (on by default) comes from the same invocation. `dead-letter`: the
+# of the CloudEvents headers (on by default) comes from the same invocation, with the CPU the
+# bridge and the broker spent per event in those runs. `dead-letter`: the
 # tansu load with 1 event in POISON_EVERY (100) of an illegal class, sent to the dead letter.
 # `tls`: HTTPS against HTTP on tansu, alternating in the same rounds.
 # Knobs: DURATION (10s), ROUNDS (3), CONCURRENCY (8), BATCH (100), EVENT_SIZE (1024),
