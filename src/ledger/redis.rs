@@ -290,7 +290,10 @@ impl RedisLedger {
     /// After the first round trip that succeeded, looks once (in a task of its own) whether
     /// Redis frees expired keys in its main thread.
     fn check_settings_once(&self) {
-        if self.settings_checked.swap(true, Ordering::Relaxed) {
+        // A read first: after the first success this costs every batch no write.
+        if self.settings_checked.load(Ordering::Relaxed)
+            || self.settings_checked.swap(true, Ordering::Relaxed)
+        {
             return;
         }
         let timeout = self.timeout;

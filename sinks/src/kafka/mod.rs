@@ -190,15 +190,13 @@ impl Shared {
         self.delivered.store(true, Ordering::Relaxed);
     }
 
-    /// The producer instance to publish with, unless publishes are refused right now.
-    fn usable(&self) -> Result<Arc<Generation>, SinkError> {
+    /// The producer instance to publish with, or why publishes are refused right now.
+    fn usable(&self) -> Result<Arc<Generation>, String> {
         if let Some(why) = self.rebuilding() {
-            return Err(SinkError::Unavailable(why));
+            return Err(why);
         }
         if !self.reachable.load(Ordering::Relaxed) {
-            return Err(SinkError::Unavailable(
-                "no Kafka broker answered the last probe".into(),
-            ));
+            return Err("no Kafka broker answered the last probe".into());
         }
         Ok(self.current())
     }
@@ -364,7 +362,7 @@ impl Sink for KafkaSink {
 
     async fn publish(&self, msg: &Message) -> Result<(), SinkError> {
         let s = &self.shared;
-        let current = s.usable()?;
+        let current = s.usable().map_err(SinkError::Unavailable)?;
         let (generation, delivery) = s.enqueue(&current, msg)?;
         // Not held across the wait: a replaced instance is destroyed by the supervisor.
         drop(current);
@@ -384,8 +382,7 @@ impl Sink for KafkaSink {
             // The instance is dropped before the wait (a replaced one is destroyed by the
             // supervisor).
             Ok(current) => msgs.iter().map(|m| s.enqueue(&current, m)).collect(),
-            Err(e) => {
-                let why = e.to_string();
+            Err(why) => {
                 return msgs
                     .iter()
                     .map(|_| Err(SinkError::Unavailable(why.clone())))
