@@ -2,7 +2,8 @@
 # Benchmarks the bridge against the direct-producer ceiling on the same broker:
 # Kafka (tansu), Kafka (librdkafka mock cluster, via `c360-bridge dev`) and RabbitMQ; and the cost
 # of the Redis retry ledger (`ledger`): the same bridge on tansu with the memory ledger and with
-# the Redis ledger, alternating, then the Redis ledger at half of its rate (p99 there).
+# the Redis ledger, alternating, then the Redis ledger at half of its rate (p99 there), with
+# the CPU the bridge, tansu and Redis spent per event in those runs.
 # For each: ROUNDS alternating runs of the bridge and of the direct producer at full load (the
 # table shows the median run of each), then the bridge at half of its median rate (p99 there),
 # and the peak RSS of the bridge; then 1-event batches on tansu (requests/s). On tansu and
@@ -238,11 +239,11 @@ if want ledger; then
   [ "$(redis-cli -u "$REDIS_URL" ping 2>/dev/null)" = PONG ] || { echo "no Redis at $REDIS_URL" >&2; exit 1; }
   for r in $(seq 1 "$ROUNDS"); do
     fresh_tansu; serve ledger-memory "$TANSU_SINK"
-    $LG http $(hook) $(load) >"$OUT/ledger-memory-http-$r.json"
+    measured "ledger-memory-http-$r" "$(tansu_pid)" $LG http $(hook) $(load)
     stop ledger-memory
     fresh_tansu; serve ledger-redis "$TANSU_SINK" "" "$(ledger_toml "$$-$r")"
     cpu0=$(redis_cpu)
-    $LG http $(hook) $(load) >"$OUT/ledger-redis-http-$r.json"
+    measured "ledger-redis-http-$r" "$(tansu_pid)" $LG http $(hook) $(load)
     echo "$cpu0 $(redis_cpu)" >"$OUT/ledger-redis-cpu-$r"
     stop ledger-redis
   done
@@ -309,6 +310,8 @@ for c in sorted(glob.glob(f"{out}/ledger-redis-cpu-[0-9]*")):
 print(" ".join(f"{p:.2f}" for p in per))
 PY
 )"
+  printf '\nCPU µs per event, bridge / tansu (median of the rounds): memory ledger %s; Redis ledger %s\n' \
+    "$(cpu_per_event ledger-memory-http)" "$(cpu_per_event ledger-redis-http)"
   printf '\nAll rounds (events/s): memory ledger %s; Redis ledger %s\n' \
     "$(rounds "ledger-memory-http")" \
     "$(rounds "ledger-redis-http")"
