@@ -35,7 +35,7 @@ BIN=target/release/c360-bridge; LG=target/release/c360-loadgen; DIRECT="$LG --wo
 KEY=bench-key; PORT="${BENCH_PORT:-18181}"
 PID=""; trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null || true' EXIT # no bridge outlives a failure
 # Results of earlier invocations (other ROUNDS, older binaries) must not enter this table.
-rm -f "$OUT"/*.json "$OUT"/*-rss "$OUT"/*.cpu
+rm -f "$OUT"/*.json "$OUT"/*-rss "$OUT"/*.cpu "$OUT"/ledger-redis-cpu-*
 
 load() { echo --concurrency "$CONCURRENCY" --batch-size "${1:-$BATCH}" --event-size "$EVENT_SIZE" --duration "$DURATION"; }
 wait_ready() { for _ in $(seq 1 200); do curl -fs "http://$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "bridge not ready" >&2; return 1; }
