@@ -3,7 +3,8 @@
 # Kafka (tansu), Kafka (librdkafka mock cluster, via `c360-bridge dev`) and RabbitMQ; and the cost
 # of the Redis retry ledger (`ledger`): the same bridge on tansu with the memory ledger and with
 # the Redis ledger, alternating, then the Redis ledger at half of its rate (p99 there), with
-# the CPU the bridge, tansu and Redis spent per event in those runs.
+# the CPU the bridge, tansu and Redis spent per event in those runs; then both again with twice
+# the senders (how much of the Redis ledger's cost is its round trips' wait).
 # For each: ROUNDS alternating runs of the bridge and of the direct producer at full load (the
 # table shows the median run of each), then the bridge at half of its median rate (p99 there),
 # and the peak RSS of the bridge; then 1-event batches on tansu (requests/s). On tansu and
@@ -37,7 +38,7 @@ PID=""; trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null || true' EXIT # no bridge
 # Results of earlier invocations (other ROUNDS, older binaries) must not enter this table.
 rm -f "$OUT"/*.json "$OUT"/*-rss "$OUT"/*.cpu "$OUT"/ledger-redis-cpu-*
 
-load() { echo --concurrency "$CONCURRENCY" --batch-size "${1:-$BATCH}" --event-size "$EVENT_SIZE" --duration "$DURATION"; }
+load() { echo --concurrency "${SENDERS:-$CONCURRENCY}" --batch-size "${1:-$BATCH}" --event-size "$EVENT_SIZE" --duration "$DURATION"; }
 wait_ready() { for _ in $(seq 1 200); do curl -fs "http://$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "bridge not ready" >&2; return 1; }
 peak_rss_mib() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 get() { python3 -c "import json; d=json.load(open('$1')); print($2)"; }
@@ -248,6 +249,15 @@ if want ledger; then
     stop ledger-redis
   done
   median ledger-memory http; median ledger-redis http
+  # The same pair with twice the senders: how much of the cost is the round trips' wait.
+  for r in $(seq 1 "$ROUNDS"); do
+    for l in memory redis; do
+      fresh_tansu; serve "ledger-$l" "$TANSU_SINK" "" "$([ $l = redis ] && ledger_toml "$$-wide-$r" || true)"
+      $LG http $(hook) $(SENDERS=$((CONCURRENCY * 2)) load) >"$OUT/ledger-$l-wide-$r.json"
+      stop "ledger-$l-wide" # its RSS (more batches in flight) apart from the table's
+    done
+  done
+  median ledger-memory wide; median ledger-redis wide
   for l in memory redis; do
     fresh_tansu; serve "ledger-$l" "$TANSU_SINK" "" "$([ $l = redis ] && ledger_toml "$$-half" || true)"
     $LG http $(hook) $(load) --rate "$(half_rate "ledger-$l")" >"$OUT/ledger-$l-half.json"
@@ -310,6 +320,11 @@ for c in sorted(glob.glob(f"{out}/ledger-redis-cpu-[0-9]*")):
 print(" ".join(f"{p:.2f}" for p in per))
 PY
 )"
+  printf '\nWith %s senders (median of %s rounds): memory ledger %.0f, Redis ledger %.0f events/s, ratio %.2f; rounds memory %s, Redis %s\n' \
+    "$((CONCURRENCY * 2))" "$ROUNDS" "$(get "$OUT/ledger-memory-wide.json" "d['events_per_s']")" \
+    "$(get "$OUT/ledger-redis-wide.json" "d['events_per_s']")" \
+    "$(python3 -c "import json; r=json.load(open('$OUT/ledger-redis-wide.json')); m=json.load(open('$OUT/ledger-memory-wide.json')); print(r['events_per_s']/max(m['events_per_s'],1))")" \
+    "$(rounds ledger-memory-wide)" "$(rounds ledger-redis-wide)"
   printf '\nCPU µs per event, bridge / tansu (median of the rounds): memory ledger %s; Redis ledger %s\n' \
     "$(cpu_per_event ledger-memory-http)" "$(cpu_per_event ledger-redis-http)"
   printf '\nAll rounds (events/s): memory ledger %s; Redis ledger %s\n' \
