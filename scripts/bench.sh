@@ -52,6 +52,8 @@ shutil.copy(runs[len(runs) // 2], f"{out}/{stem}.json")
 PY
 }
 half_rate() { get "$OUT/$1-http.json" "d['batches_per_s']/2"; }
+# ratio A B: events/s of result A over those of result B.
+ratio() { python3 -c "import json, sys; a, b = (json.load(open(p))['events_per_s'] for p in sys.argv[1:]); print(a / max(b, 1))" "$1" "$2"; }
 # rounds STEM: the events/s of every round of STEM (e.g. kafka-tansu-http), in round order.
 rounds() { python3 -c "import glob, json, sys; print(' '.join('%.0f' % json.load(open(p))['events_per_s'] for p in sorted(glob.glob(sys.argv[1] + '-[0-9]*.json'))))" "$OUT/$1"; }
 # non200 FILE...: how many answers in these results were not 200.
@@ -276,7 +278,7 @@ for b in $brokers; do
   h="$OUT/$b-http.json"; d="$OUT/$b-direct.json"; f="$OUT/$b-half.json"
   printf '| %s | %.0f | %.0f | %.2f | %s | %s | %s (at %.0f ev/s) | %s | %s |\n' "$b" \
     "$(get "$h" "d['events_per_s']")" "$(get "$d" "d['events_per_s']")" \
-    "$(python3 -c "import json; h=json.load(open('$h')); d=json.load(open('$d')); print(h['events_per_s']/max(d['events_per_s'],1))")" \
+    "$(ratio "$h" "$d")" \
     "$(get "$h" "d['latency_ms']['p99']")" "$(get "$d" "d['latency_ms']['p99']")" \
     "$(get "$f" "d['latency_ms']['p99']")" "$(get "$f" "d['events_per_s']")" \
     "$(non200 "$OUT"/$b-http-*.json "$f")" \
@@ -302,7 +304,7 @@ if want ledger; then
     h="$OUT/ledger-$l-http.json"; f="$OUT/ledger-$l-half.json"
     printf '| %s | %.0f | %.2f | %s | %s (at %.0f ev/s) | %s | %s |\n' "$l" \
       "$(get "$h" "d['events_per_s']")" \
-      "$(python3 -c "import json; h=json.load(open('$h')); m=json.load(open('$m')); print(h['events_per_s']/max(m['events_per_s'],1))")" \
+      "$(ratio "$h" "$m")" \
       "$(get "$h" "d['latency_ms']['p99']")" "$(get "$f" "d['latency_ms']['p99']")" "$(get "$f" "d['events_per_s']")" \
       "$(non200 "$OUT"/ledger-$l-http-*.json "$f")" \
       "$(cat "$OUT/ledger-$l-rss")"
@@ -323,7 +325,7 @@ PY
   printf '\nWith %s senders (median of %s rounds): memory ledger %.0f, Redis ledger %.0f events/s, ratio %.2f; rounds memory %s, Redis %s\n' \
     "$((CONCURRENCY * 2))" "$ROUNDS" "$(get "$OUT/ledger-memory-wide.json" "d['events_per_s']")" \
     "$(get "$OUT/ledger-redis-wide.json" "d['events_per_s']")" \
-    "$(python3 -c "import json; r=json.load(open('$OUT/ledger-redis-wide.json')); m=json.load(open('$OUT/ledger-memory-wide.json')); print(r['events_per_s']/max(m['events_per_s'],1))")" \
+    "$(ratio "$OUT/ledger-redis-wide.json" "$OUT/ledger-memory-wide.json")" \
     "$(rounds ledger-memory-wide)" "$(rounds ledger-redis-wide)"
   printf '\nCPU µs per event, bridge / tansu (median of the rounds): memory ledger %s; Redis ledger %s\n' \
     "$(cpu_per_event ledger-memory-http)" "$(cpu_per_event ledger-redis-http)"
@@ -338,7 +340,7 @@ for b in kafka-tansu rabbitmq; do
   on="$OUT/$b-http.json"; off="$OUT/$b-noce-http.json"
   printf '| %s | %.0f | %.0f | %.3f | %s | %s | %s | %s |\n' "$b" \
     "$(get "$on" "d['events_per_s']")" "$(get "$off" "d['events_per_s']")" \
-    "$(python3 -c "import json; a=json.load(open('$on')); b=json.load(open('$off')); print(a['events_per_s']/max(b['events_per_s'],1))")" \
+    "$(ratio "$on" "$off")" \
     "$(cpu_per_event "$b-http")" "$(cpu_per_event "$b-noce-http")" \
     "$(rounds "$b-http")" \
     "$(rounds "$b-noce-http")"
@@ -357,7 +359,7 @@ printf '\nHTTPS vs HTTP on tansu (same rounds): HTTPS %.0f events/s (p99 %s ms, 
   "$(get "$OUT/tls-https-http.json" "d['events_per_s']")" "$(get "$OUT/tls-https-http.json" "d['latency_ms']['p99']")" \
   "$(non200 "$OUT"/tls-https-http-*.json)" \
   "$(get "$OUT/tls-plain-http.json" "d['events_per_s']")" "$(get "$OUT/tls-plain-http.json" "d['latency_ms']['p99']")" \
-  "$(python3 -c "import json; a=json.load(open('$OUT/tls-https-http.json')); b=json.load(open('$OUT/tls-plain-http.json')); print(a['events_per_s']/max(b['events_per_s'],1))")" \
+  "$(ratio "$OUT/tls-https-http.json" "$OUT/tls-plain-http.json")" \
   "$(rounds "tls-https-http")" \
   "$(rounds "tls-plain-http")"
 fi
