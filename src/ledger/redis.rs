@@ -153,14 +153,6 @@ impl RedisLedger {
         })
     }
 
-    /// The Redis key of the set of `webhook`'s pairs at `sink` (and `shard`) in `window`.
-    fn key(&self, webhook: &str, sink: &str, shard: Option<char>, window: u64) -> String {
-        match shard {
-            None => format!("{}{webhook}:{sink}:{window}", self.prefix),
-            Some(c) => format!("{}{webhook}:{sink}:{window}:{c}", self.prefix),
-        }
-    }
-
     fn shard(&self, event_id: &str) -> Option<char> {
         self.sharded.then(|| event_id.chars().next().unwrap_or('-'))
     }
@@ -185,10 +177,20 @@ impl RedisLedger {
         groups
     }
 
-    /// `COMMAND set-of-group-in-window id…`.
-    fn members(&self, command: &str, g: &Group<'_>, window: u64) -> redis::Cmd {
+    /// The Redis key of group `g`'s set in `window`: `{prefix}{webhook}:{sink}:{window}`, and
+    /// `:{shard}` on a cluster.
+    fn set_key(&self, g: &Group<'_>, window: u64) -> String {
+        let (prefix, webhook, sink) = (&self.prefix, g.webhook, g.sink);
+        match g.shard {
+            None => format!("{prefix}{webhook}:{sink}:{window}"),
+            Some(c) => format!("{prefix}{webhook}:{sink}:{window}:{c}"),
+        }
+    }
+
+    /// `COMMAND set id…` with the ids of group `g`.
+    fn members(command: &str, set: &str, g: &Group<'_>) -> redis::Cmd {
         let mut cmd = redis::cmd(command);
-        cmd.arg(self.key(g.webhook, g.sink, g.shard, window));
+        cmd.arg(set);
         for (_, id) in &g.members {
             cmd.arg(*id);
         }
@@ -209,7 +211,7 @@ impl RedisLedger {
             .flat_map(|g| {
                 windows
                     .clone()
-                    .map(move |w| (g, self.members("SMISMEMBER", g, w)))
+                    .map(move |w| (g, Self::members("SMISMEMBER", &self.set_key(g, w), g)))
             })
             .unzip();
         let read = self.bounded(self.ask(cmds)).await;
@@ -231,11 +233,10 @@ impl RedisLedger {
         let (window, live_ms) = self.windows.write(unix_ms());
         let live_ms = i64::try_from(live_ms).unwrap_or(i64::MAX);
         let writes = self.groups(pairs).into_iter().map(|g| {
+            let set = self.set_key(&g, window);
             let mut expire = redis::cmd("PEXPIRE");
-            expire
-                .arg(self.key(g.webhook, g.sink, g.shard, window))
-                .arg(live_ms);
-            [self.members("SADD", &g, window), expire]
+            expire.arg(&set).arg(live_ms);
+            [Self::members("SADD", &set, &g), expire]
         });
         let written = self.bounded(self.write(writes.collect())).await;
         self.outcome("write", written);
@@ -447,7 +448,7 @@ mod tests {
         let sets = |l: &RedisLedger| {
             l.groups(&pairs)
                 .iter()
-                .map(|g| (l.key(g.webhook, g.sink, g.shard, 42), g.members.clone()))
+                .map(|g| (l.set_key(g, 42), g.members.clone()))
                 .collect::<Vec<_>>()
         };
         let single = RedisLedger::new(&config).unwrap();
