@@ -34,14 +34,19 @@ pub fn require(addr: &str, what: &str) {
     );
 }
 
-/// A name no other test uses (topics, exchanges, queues, webhooks).
+/// A name no other test uses (topics, exchanges, queues, webhooks), in this run or an earlier
+/// one: the brokers keep durable exchanges and queues across runs, and a process id alone comes
+/// round again (pid_max is 32768 here), so the run's start second goes in too.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    static RUN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let run = RUN.get_or_init(|| {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        format!("{}-{}", std::process::id(), started.as_secs())
+    });
+    format!("{prefix}-{run}-{}", N.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Serialises tests that disturb a shared broker (stop it, block it) against all others.
