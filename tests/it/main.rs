@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod asyncapi;
+mod attribution;
 mod cli;
 mod consumers;
 mod dead_letter;

@@ -1,15 +1,16 @@
 //! The RabbitMQ sink: persistent messages with publisher confirms and `mandatory`, reconnecting.
 
+mod confirms;
+
 use crate::cloudevents;
 use crate::message::CONTENT_TYPE;
 use crate::{Message, Permanence, Readiness, Sink, SinkError};
 use async_trait::async_trait;
+use confirms::{Confirms, Identity, Outcome};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::uri::AMQPUri;
-use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
-};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde::Deserialize;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -90,21 +91,32 @@ pub enum RabbitSetupError {
     Url(String),
 }
 
+/// One confirm-mode channel and the collector that decides its confirms.
+struct Lane {
+    channel: Channel,
+    confirms: Confirms,
+}
+
 /// One live connection with its confirm-mode channels.
 struct Link {
     conn: Connection,
-    channels: Vec<Channel>,
+    lanes: Vec<Lane>,
     next: AtomicUsize,
 }
 
 impl Link {
     fn broken(&self) -> bool {
-        !self.conn.status().connected() || self.channels.iter().any(|c| !c.status().connected())
+        !self.conn.status().connected()
+            || self.lanes.iter().any(|l| !l.channel.status().connected())
+    }
+
+    fn channels(&self) -> impl Iterator<Item = &Channel> {
+        self.lanes.iter().map(|l| &l.channel)
     }
 
     /// Messages with the same key always take the same channel, so they keep their order;
     /// the others are spread round-robin.
-    fn pick(&self, key: Option<&[u8]>) -> &Channel {
+    fn pick(&self, key: Option<&[u8]>) -> &Lane {
         let i = match key {
             Some(k) => {
                 use std::hash::{Hash, Hasher};
@@ -114,7 +126,7 @@ impl Link {
             }
             None => self.next.fetch_add(1, Ordering::Relaxed),
         };
-        &self.channels[i % self.channels.len()]
+        &self.lanes[i % self.lanes.len()]
     }
 }
 
@@ -256,7 +268,7 @@ async fn supervise(shared: Arc<Shared>) {
     while !shared.closing.load(Ordering::Relaxed) {
         match tokio::time::timeout(CONNECT_TIMEOUT, connect(&shared)).await {
             Ok(Ok(link)) => {
-                tracing::info!(sink = %shared.name, channels = link.channels.len(), "RabbitMQ connected");
+                tracing::info!(sink = %shared.name, channels = link.lanes.len(), "RabbitMQ connected");
                 backoff = Duration::from_millis(100);
                 shared.set(Some(link.clone()), "connected".into());
                 while !link.broken() && !shared.closing.load(Ordering::Relaxed) {
@@ -278,7 +290,7 @@ async fn supervise(shared: Arc<Shared>) {
 /// Lets the confirms still outstanding on a replaced link arrive, then closes its connection.
 async fn retire(link: Arc<Link>) {
     let closing = async {
-        for ch in &link.channels {
+        for ch in link.channels() {
             let _ = ch.wait_for_confirms().await;
         }
         link.conn
@@ -297,7 +309,13 @@ async fn connect(shared: &Shared) -> Result<Arc<Link>, lapin::Error> {
     match open_channels(shared, &conn).await {
         Ok(channels) => Ok(Arc::new(Link {
             conn,
-            channels,
+            lanes: channels
+                .into_iter()
+                .map(|channel| Lane {
+                    confirms: Confirms::start(channel.id()),
+                    channel,
+                })
+                .collect(),
             next: AtomicUsize::new(0),
         })),
         Err(e) => {
@@ -372,6 +390,8 @@ impl Sink for RabbitSink {
         &self.shared.name
     }
 
+    /// Resolves with the broker's word on this very message: its confirm, and whether RabbitMQ
+    /// returned it (matched by its own id and routing key, see `confirms`).
     async fn publish(&self, msg: &Message) -> Result<(), SinkError> {
         let link = self.link()?;
         let opts = BasicPublishOptions {
@@ -379,8 +399,10 @@ impl Sink for RabbitSink {
             immediate: false,
         };
         let exchange = self.shared.cfg.exchange.as_str().into();
-        let confirm = link
-            .pick(msg.key.as_deref())
+        let lane = link.pick(msg.key.as_deref());
+        let ticket = lane.confirms.ticket();
+        let confirm = lane
+            .channel
             .basic_publish(
                 exchange,
                 msg.destination.as_str().into(),
@@ -390,16 +412,19 @@ impl Sink for RabbitSink {
             )
             .await
             .map_err(|e| self.shared.note_error(&e, msg.body.len()))?;
-        match confirm.await {
-            Ok(Confirmation::Ack(None)) => Ok(()),
-            Ok(Confirmation::Ack(Some(_))) => Err(SinkError::Unroutable(msg.destination.clone())),
-            Ok(Confirmation::Nack(_)) => {
-                Err(SinkError::Refused("broker nacked the message".into()))
-            }
-            Ok(Confirmation::NotRequested) => {
+        let identity = Identity {
+            message_id: msg.meta.id.clone(),
+            routing_key: msg.destination.clone(),
+        };
+        match ticket.submit(confirm, identity).await {
+            Ok(Outcome::Confirmed) => Ok(()),
+            Ok(Outcome::Returned) => Err(SinkError::Unroutable(msg.destination.clone())),
+            Ok(Outcome::Nacked) => Err(SinkError::Refused("broker nacked the message".into())),
+            Ok(Outcome::NotRequested) => {
                 Err(SinkError::Refused("publisher confirms are off".into()))
             }
-            Err(e) => Err(self.shared.note_error(&e, msg.body.len())),
+            Ok(Outcome::Failed(e)) => Err(self.shared.note_error(&e, msg.body.len())),
+            Err(_) => Err(unavailable("the channel's confirm collector stopped")),
         }
     }
 
@@ -415,7 +440,7 @@ impl Sink for RabbitSink {
         let link = self.shared.link.read().ok().and_then(|l| l.clone());
         if let Some(link) = link {
             let closing = async {
-                for ch in &link.channels {
+                for ch in link.channels() {
                     let _ = ch.wait_for_confirms().await;
                 }
                 link.conn
