@@ -312,7 +312,7 @@ async fn connect(shared: &Shared) -> Result<Arc<Link>, lapin::Error> {
             lanes: channels
                 .into_iter()
                 .map(|channel| Lane {
-                    confirms: Confirms::start(channel.id()),
+                    confirms: Confirms::start(channel.clone()),
                     channel,
                 })
                 .collect(),
