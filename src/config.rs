@@ -134,7 +134,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// `[ledger]`: memory of confirmed event ids, so a resent batch skips them.
+/// `[ledger]`: memory of confirmed deliveries, so a resent batch skips them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LedgerConfig {
@@ -176,7 +176,7 @@ impl Default for LedgerConfig {
 
 /// `ledger.match`: which later publishes a confirmation lets the ledger skip.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase", try_from = "String")]
 pub enum LedgerMatch {
     /// Only a resend of the same batch: the same events' bytes in the same order, the same
     /// position, the same sink. A byte-identical event in another batch is published.
@@ -185,6 +185,23 @@ pub enum LedgerMatch {
     /// Any event with the same bytes (and repeat within its batch) at the same sink, for a
     /// sender that re-batches its retries: a genuine repeat in another batch is skipped.
     Event,
+}
+
+/// A `ledger.match` that is neither value (figment names the key and the file around it).
+#[derive(Debug, thiserror::Error)]
+#[error("must be \"batch\" (the default) or \"event\", not {0:?}")]
+pub struct UnknownLedgerMatch(String);
+
+impl TryFrom<String> for LedgerMatch {
+    type Error = UnknownLedgerMatch;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        match value.as_str() {
+            "batch" => Ok(LedgerMatch::Batch),
+            "event" => Ok(LedgerMatch::Event),
+            _ => Err(UnknownLedgerMatch(value)),
+        }
+    }
 }
 
 /// `ledger.backend`.
