@@ -134,12 +134,16 @@ pub enum LogFormat {
     Json,
 }
 
-/// `[ledger]`: memory of confirmed event ids, so a resent batch skips them.
+/// `[ledger]`: memory of confirmed deliveries, so a resent batch skips them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LedgerConfig {
     /// Where confirmations are kept: this process's memory, or Redis shared by every replica.
     pub backend: LedgerBackend,
+    /// What a confirmation is remembered by: the delivery (batch, position, sink) or the
+    /// event's own bytes and the sink.
+    #[serde(rename = "match")]
+    pub matching: LedgerMatch,
     /// Memory backend only: most pairs remembered.
     pub max_entries: usize,
     #[serde(with = "humantime_serde")]
@@ -159,12 +163,43 @@ impl Default for LedgerConfig {
     fn default() -> Self {
         Self {
             backend: LedgerBackend::Memory,
+            matching: LedgerMatch::Batch,
             max_entries: 200_000,
             ttl: Duration::from_secs(3600),
             url: "redis://127.0.0.1:6379/0".into(),
             cluster: false,
             key_prefix: "c360:ledger:".into(),
             timeout: Duration::from_millis(100),
+        }
+    }
+}
+
+/// `ledger.match`: which later publishes a confirmation lets the ledger skip.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", try_from = "String")]
+pub enum LedgerMatch {
+    /// Only a resend of the same batch: the same events' bytes in the same order, the same
+    /// position, the same sink. A byte-identical event in another batch is published.
+    #[default]
+    Batch,
+    /// Any event with the same bytes (and repeat within its batch) at the same sink, for a
+    /// sender that re-batches its retries: a genuine repeat in another batch is skipped.
+    Event,
+}
+
+/// A `ledger.match` that is neither value (figment names the key and the file around it).
+#[derive(Debug, thiserror::Error)]
+#[error("must be \"batch\" (the default) or \"event\", not {0:?}")]
+pub struct UnknownLedgerMatch(String);
+
+impl TryFrom<String> for LedgerMatch {
+    type Error = UnknownLedgerMatch;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        match value.as_str() {
+            "batch" => Ok(LedgerMatch::Batch),
+            "event" => Ok(LedgerMatch::Event),
+            _ => Err(UnknownLedgerMatch(value)),
         }
     }
 }
@@ -548,6 +583,44 @@ mod tests {
             let err = load(Some(&cfg)).unwrap_err().to_string();
             assert!(err.contains(key), "{err}");
             assert!(!err.contains("s3cret"), "{err}");
+        }
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure returns figment's own error type
+    fn ledger_match_defaults_to_batch_and_comes_from_the_file_or_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        let base = "[[webhooks]]\nname = \"w\"\npath = \"/h\"\nkeys = [\"k\"]\n";
+        std::fs::write(&cfg, base).unwrap();
+        assert_eq!(
+            load(Some(&cfg)).unwrap().ledger.matching,
+            LedgerMatch::Batch
+        );
+        std::fs::write(&cfg, format!("{base}[ledger]\nmatch = \"event\"\n")).unwrap();
+        assert_eq!(
+            load(Some(&cfg)).unwrap().ledger.matching,
+            LedgerMatch::Event
+        );
+        std::fs::write(&cfg, base).unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("C360_BRIDGE_LEDGER__MATCH", "event");
+            let config = load(Some(&cfg)).map_err(|e| e.to_string())?;
+            assert_eq!(config.ledger.matching, LedgerMatch::Event);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_ledger_match_is_named_with_the_values_it_can_take() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("c.toml");
+        let toml = "[[webhooks]]\nname = \"w\"\npath = \"/h\"\nkeys = [\"k\"]\n[ledger]\nmatch = \"bytes\"\n";
+        std::fs::write(&cfg, toml).unwrap();
+        let err = load(Some(&cfg)).unwrap_err().to_string();
+        eprintln!("{err}");
+        for want in ["c.toml", "ledger.match", "bytes", "batch", "event"] {
+            assert!(err.contains(want), "{want}: {err}");
         }
     }
 

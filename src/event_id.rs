@@ -1,4 +1,5 @@
-//! Event ids: stable across retries of a batch, and the ledger keys derived from them.
+//! Event ids: stable across retries of a batch, and the ledger keys derived from them
+//! (`ledger.match = "event"`; the default keys the delivery, see `ledger::key`).
 //!
 //! An id is the first 128 bits of SHA-256(webhook name, 0x00, the event's exact bytes), in hex;
 //! the k-th byte-identical repeat within one batch gets the suffix `-k`. SHA-256 rather than a
@@ -20,6 +21,11 @@ pub struct EventId {
 }
 
 impl EventId {
+    /// The 128-bit digest of the event's bytes (the id without its repeat suffix).
+    pub fn digest(&self) -> u128 {
+        self.digest
+    }
+
     /// The ledger key of this event for sink number `sink`: the digest with (repeat, sink)
     /// folded into bits the digest already randomises, so no second hash is needed. Distinct
     /// (repeat, sink) pairs of one event never collide; distinct events collide only as often

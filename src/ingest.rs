@@ -7,7 +7,8 @@ use crate::app::{App, Webhook};
 use crate::cloudevents;
 use crate::config::Unrouted;
 use crate::envelope::{self, EnvelopeError, Event};
-use crate::event_id::{EventId, event_ids};
+use crate::event_id::event_ids;
+use crate::ledger::Subject;
 use crate::metrics as m;
 use crate::publish::{self, Job};
 use crate::routing::Target;
@@ -102,6 +103,7 @@ fn plan(
     events: &[Event],
 ) -> Result<Vec<Job>, Rejection> {
     let ids = event_ids(&webhook.name, events);
+    let subjects = app.ledger.subjects(&ids);
     // Received: the whole batch is read and verified. Shared by its events, built once.
     let ce = cloudevents::Batch::new(webhook.ce_source.clone(), SystemTime::now());
     let mut jobs = Vec::with_capacity(events.len());
@@ -124,20 +126,21 @@ fn plan(
             dead_letter: None,
         });
         let raw = body.slice_ref(event.raw.get().as_bytes());
+        let subject = subjects.of(index, id);
         for t in &route.targets {
-            jobs.push(event_job(app, index, event, &id, t, &meta, &raw)?);
+            jobs.push(event_job(app, index, event, subject, t, &meta, &raw)?);
         }
     }
     Ok(jobs)
 }
 
-/// The job that publishes event `index` (its bytes `raw`, its headers `meta`) to target `t`,
-/// or to the dead letter when its destination is illegal.
+/// The job that publishes event `index` (its bytes `raw`, its headers `meta`, its ledger
+/// `subject`) to target `t`, or to the dead letter when its destination is illegal.
 fn event_job(
     app: &App,
     index: usize,
     event: &Event,
-    id: &EventId,
+    subject: Subject,
     t: &Target,
     meta: &Arc<EventMeta>,
     raw: &Bytes,
@@ -155,7 +158,7 @@ fn event_job(
             meta: meta.clone(),
         },
         origin: t.sink,
-        ledger_key: id.ledger_key(t.sink),
+        subject,
     };
     let illegal = match t.topic.destination(event, &meta.webhook) {
         Ok(destination) => return Ok(job(destination)),

@@ -13,14 +13,15 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
-/// One message for one sink, with its ledger key.
+/// One message for one sink, with what the ledger remembers it by.
 pub struct Job {
     pub sink: usize,
     pub msg: Message,
     /// The sink of the (event, sink) pair the job stands for: `sink`, except on a dead-letter
-    /// job, which keeps the pair (and its ledger key) of the publish it replaces.
+    /// job, which keeps the pair (its origin and subject) of the publish it replaces.
     pub origin: usize,
-    pub ledger_key: ledger::Key,
+    /// The event's delivery (or, with `ledger.match = "event"`, the event itself).
+    pub subject: ledger::Subject,
 }
 
 impl Job {
@@ -40,7 +41,7 @@ pub fn divert(app: &App, job: &Job, reason: Permanence, detail: &str) -> Option<
         sink: dl.sink,
         msg,
         origin: job.origin,
-        ledger_key: job.ledger_key,
+        subject: job.subject,
     })
 }
 
@@ -65,9 +66,9 @@ pub async fn unconfirmed(app: &App, mut jobs: Vec<Job>) -> Vec<Job> {
 /// for the pair of the publish it replaces).
 fn pair<'a>(app: &'a App, j: &'a Job) -> ledger::Pair<'a> {
     ledger::Pair {
-        key: j.ledger_key,
+        key: j.subject.key(j.origin),
         webhook: &j.msg.meta.webhook,
-        event_id: &j.msg.meta.id,
+        subject: j.subject,
         sink: app.sinks[j.origin].name(),
     }
 }

@@ -1,8 +1,8 @@
-//! The memory ledger: confirmed (event id, sink) pairs kept in this process alone.
+//! The memory ledger: confirmed (event, sink) pairs kept in this process alone.
 //!
 //! Bounded in entries and in age; it lives in memory, so a restart or another replica forgets
 //! it (the README lists the duplicates a consumer can therefore still see). An entry is the
-//! 128-bit key of an (event id, sink) pair (`EventId::ledger_key`) plus a timestamp, about
+//! 128-bit key of an (event, sink) pair (`Subject::key`) plus a timestamp, about
 //! 80 bytes with the map's overhead.
 
 use std::collections::{HashMap, VecDeque};
@@ -10,7 +10,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// What the ledger remembers of one (event id, sink) pair: see `EventId::ledger_key`.
+/// What the ledger remembers of one (event, sink) pair: see `Subject::key`.
 pub type Key = u128;
 
 /// Keys are already uniform SHA-256 bits: hashing them again (SipHash) is wasted work.
@@ -122,7 +122,7 @@ impl MemoryLedger {
 mod tests {
     use super::*;
 
-    /// A stand-in for `EventId::ledger_key`: any distinct u128 per (name, sink) will do.
+    /// A stand-in for `Subject::key`: any distinct u128 per (name, sink) will do.
     fn key(name: &str, sink: usize) -> Key {
         name.bytes()
             .fold(sink as u128, |k, b| k.wrapping_mul(257) + u128::from(b))

@@ -1,8 +1,9 @@
-//! The Redis ledger: confirmed (event id, sink) pairs in Redis, shared by every replica.
+//! The Redis ledger: confirmed (event, sink) pairs in Redis, shared by every replica.
 //!
 //! Pairs are members of Redis sets, one set per webhook, sink and window of `ttl`:
-//! `{key_prefix}{webhook}:{sink}:{window}` holds the event ids (`c360-event-id`) confirmed at
-//! that sink while the window lasted (window = Unix milliseconds / ttl). A set is written with
+//! `{key_prefix}{webhook}:{sink}:{window}` holds the members (`Subject::member`: the delivery's
+//! 32 hex digits, or with `ledger.match = "event"` the `c360-event-id`) confirmed at that sink
+//! while the window lasted (window = Unix milliseconds / ttl). A set is written with
 //! `SADD` only after its pairs' broker confirmed them (never claimed before delivery, so
 //! at-least-once holds) and expires two windows after it began (`PEXPIRE`, in the same
 //! `MULTI`), so a pair is remembered at least `ttl` and at most twice that plus the skew
@@ -15,7 +16,7 @@
 //! (`c360_ledger_errors_total`), marks the ledger degraded and makes the batch publish as if
 //! nothing were recorded. The next round trip that succeeds clears it.
 //!
-//! Redis Cluster: each window's set is split in 16 by the event id's first hex digit
+//! Redis Cluster: each window's set is split in 16 by the member's first hex digit
 //! (`…:{window}:{digit}`), so the sets spread over the nodes; every set's commands go out
 //! at once over each node's multiplexed connection (still one round trip in time).
 
@@ -86,7 +87,7 @@ pub struct RedisLedger {
     conn: Conn,
     prefix: String,
     windows: Windows,
-    /// Redis Cluster: each window's set is split by the event id's first hex digit.
+    /// Redis Cluster: each window's set is split by the member's first hex digit.
     sharded: bool,
     timeout: Duration,
     /// Why the last round trip failed; `None` while the last one succeeded.
@@ -131,12 +132,12 @@ impl Windows {
 }
 
 /// The pairs of a batch that share a set (in every window): their index in the batch and
-/// event id.
+/// member.
 struct Group<'a> {
     webhook: &'a str,
     sink: &'a str,
     shard: Option<char>,
-    members: Vec<(usize, &'a str)>,
+    members: Vec<(usize, String)>,
 }
 
 impl RedisLedger {
@@ -153,24 +154,25 @@ impl RedisLedger {
         })
     }
 
-    fn shard(&self, event_id: &str) -> Option<char> {
-        self.sharded.then(|| event_id.chars().next().unwrap_or('-'))
+    fn shard(&self, p: &Pair<'_>) -> Option<char> {
+        self.sharded.then(|| p.subject.shard())
     }
 
     /// The batch's pairs grouped by set, in order of first appearance.
     fn groups<'a>(&self, pairs: &[Pair<'a>]) -> Vec<Group<'a>> {
         let mut groups: Vec<Group<'a>> = Vec::new();
         for (i, p) in pairs.iter().enumerate() {
-            let shard = self.shard(p.event_id);
+            let shard = self.shard(p);
             let same =
                 |g: &&mut Group<'a>| g.webhook == p.webhook && g.sink == p.sink && g.shard == shard;
+            let member = (i, p.subject.member());
             match groups.iter_mut().find(same) {
-                Some(g) => g.members.push((i, p.event_id)),
+                Some(g) => g.members.push(member),
                 None => groups.push(Group {
                     webhook: p.webhook,
                     sink: p.sink,
                     shard,
-                    members: vec![(i, p.event_id)],
+                    members: vec![member],
                 }),
             }
         }
@@ -187,12 +189,12 @@ impl RedisLedger {
         }
     }
 
-    /// `COMMAND set id…` with the ids of group `g`.
+    /// `COMMAND set member…` with the members of group `g`.
     fn members(command: &str, set: &str, g: &Group<'_>) -> redis::Cmd {
         let mut cmd = redis::cmd(command);
         cmd.arg(set);
-        for (_, id) in &g.members {
-            cmd.arg(*id);
+        for (_, member) in &g.members {
+            cmd.arg(member);
         }
         cmd
     }
@@ -431,6 +433,7 @@ fn unix_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::Subject;
 
     #[tokio::test]
     async fn a_batch_is_grouped_by_set_named_by_prefix_webhook_sink_window_and_cluster_shard() {
@@ -438,29 +441,41 @@ mod tests {
             key_prefix: "p:".into(),
             ..LedgerConfig::default()
         };
-        let pair = |event_id| Pair {
+        // Deliveries whose members start with these 16 bits: a0ff…, b0ff…, a1ee….
+        let pair = |top: u128| Pair {
             key: 7,
             webhook: "wh",
-            event_id,
+            subject: Subject::Delivery(top << 112 | 5),
             sink: "kafka",
         };
-        let pairs = [pair("a0ff"), pair("b0ff"), pair("a1ee")];
+        let pairs = [pair(0xa0ff), pair(0xb0ff), pair(0xa1ee)];
         let sets = |l: &RedisLedger| {
             l.groups(&pairs)
                 .iter()
-                .map(|g| (l.set_key(g, 42), g.members.clone()))
+                .map(|g| {
+                    let members = g.members.iter().map(|(i, m)| (*i, m[..4].to_owned()));
+                    (l.set_key(g, 42), members.collect::<Vec<_>>())
+                })
                 .collect::<Vec<_>>()
         };
+        let member = |i, m: &str| (i, m.to_owned());
         let single = RedisLedger::new(&config).unwrap();
-        let all = vec![(0, "a0ff"), (1, "b0ff"), (2, "a1ee")];
+        let all = vec![member(0, "a0ff"), member(1, "b0ff"), member(2, "a1ee")];
         assert_eq!(sets(&single), [("p:wh:kafka:42".to_owned(), all)]);
+        assert_eq!(
+            single.groups(&pairs)[0].members[0].1,
+            format!("a0ff{:028x}", 5)
+        );
         config.cluster = true;
         let cluster = RedisLedger::new(&config).unwrap();
         assert_eq!(
             sets(&cluster),
             [
-                ("p:wh:kafka:42:a".to_owned(), vec![(0, "a0ff"), (2, "a1ee")]),
-                ("p:wh:kafka:42:b".to_owned(), vec![(1, "b0ff")]),
+                (
+                    "p:wh:kafka:42:a".to_owned(),
+                    vec![member(0, "a0ff"), member(2, "a1ee")]
+                ),
+                ("p:wh:kafka:42:b".to_owned(), vec![member(1, "b0ff")]),
             ]
         );
     }
@@ -535,7 +550,7 @@ mod tests {
         let pair = Pair {
             key: 1,
             webhook: "wh",
-            event_id: "e",
+            subject: Subject::Delivery(1),
             sink: "s",
         };
         l.record(&[pair]).await;
@@ -566,7 +581,7 @@ mod tests {
             let pair = Pair {
                 key: 1,
                 webhook: "wh",
-                event_id: "e",
+                subject: Subject::Delivery(1),
                 sink: "s",
             };
             assert_eq!(l.seen(&[pair]).await, vec![false]);

@@ -116,6 +116,10 @@ fn check_names_the_file_and_key_of_each_mistake() {
             GOOD.replace("keys = [\"k\"]", "keys = [\"k\", \"test-webhook\"]"),
             "webhooks[0].keys",
         ),
+        (
+            format!("{GOOD}\n[ledger]\nmatch = \"bytes\"\n"),
+            "ledger.match",
+        ),
     ];
     for (text, key) in cases {
         let (_d, path) = write_config(&text);

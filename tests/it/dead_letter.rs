@@ -247,6 +247,20 @@ async fn a_resend_after_a_503_does_not_dead_letter_twice() {
     );
     let delivered = consume(&cluster.bootstrap_servers(), "tasks", 1).await;
     assert_eq!(payloads(&delivered), [events[1].as_bytes()]);
+
+    // The same event in another batch is another delivery: dead-lettered again.
+    let r = post(
+        &bridge.url("/hook"),
+        &batch(std::slice::from_ref(&bad)),
+        Some(KEY),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    assert_eq!(
+        payloads(&consume(&kafka(), dead, 1).await),
+        [bad.as_bytes(), bad.as_bytes()],
+        "a dead letter is recorded under its batch's delivery, not the event"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,7 @@ mod healing;
 mod hostile;
 mod kafka;
 mod keys;
+mod ledger;
 mod partition;
 mod props;
 mod rabbit;

@@ -6,7 +6,7 @@
 use crate::harness::{self, Bridge, Queue, Served, create_topics, kafka, post};
 use crate::redis_server::{self, RedisCluster, RedisServer};
 use c360_bridge::config::{LedgerBackend, LedgerConfig};
-use c360_bridge::ledger::{Health, Pair, RedisLedger};
+use c360_bridge::ledger::{Health, Pair, RedisLedger, Subject};
 use lapin::types::FieldTable;
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -171,7 +171,7 @@ async fn a_pair_is_found_across_a_window_edge_for_the_ttl_then_forgotten() {
     let pair = Pair {
         key: 0,
         webhook: "w",
-        event_id: "0123456789abcdef0123456789abcdef",
+        subject: Subject::Delivery(0x0123456789abcdef0123456789abcdef),
         sink: "s",
     };
     let window = || {
