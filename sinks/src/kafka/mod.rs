@@ -519,16 +519,7 @@ impl Sink for KafkaSink {
         deadline: tokio::time::Instant,
     ) -> Vec<Result<(), SinkError>> {
         let s = &self.shared;
-        // An unreachable cluster fails fast, before any topic is asked about.
-        let known = match s.usable() {
-            Ok(_) => s.known_topics(msgs, deadline).await,
-            Err(why) => {
-                return msgs
-                    .iter()
-                    .map(|_| Err(SinkError::Unavailable(why.clone())))
-                    .collect();
-            }
-        };
+        let known = s.known_topics(msgs, deadline).await;
         let pending = match s.usable() {
             // The instance is dropped before the wait (a replaced one is destroyed by the
             // supervisor).
