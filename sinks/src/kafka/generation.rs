@@ -41,8 +41,6 @@ pub(super) enum Wake {
         generation: u64,
         reason: Reason,
         detail: String,
-        /// The topic of the message whose failure asked for it.
-        topic: Option<String>,
     },
 }
 
@@ -60,7 +58,6 @@ impl ClientContext for Context {
                 generation: self.generation,
                 reason: Reason::Fatal,
                 detail: reason.to_owned(),
-                topic: None,
             });
         } else {
             tracing::warn!(sink = %self.sink, generation = self.generation, error = %error, "librdkafka: {reason}");
