@@ -33,7 +33,13 @@ pub enum Rejection {
     #[error("{0}")]
     Envelope(#[from] EnvelopeError),
     #[error("{failed} message(s) not confirmed by the broker: {first}")]
-    Unconfirmed { failed: usize, first: String },
+    Unconfirmed {
+        failed: usize,
+        /// The answer's `error` code: `broker_unconfirmed`, or a topic's own problem
+        /// (`unknown_topic`, `topic_authorization`).
+        reason: &'static str,
+        first: String,
+    },
     #[error("brokers did not confirm every event within {0:?}")]
     DeadlineExceeded(Duration),
     #[error("too many batches in flight")]
@@ -67,7 +73,7 @@ impl Rejection {
             Rejection::TooLarge(_) => "body_too_large",
             Rejection::BodyTimeout => "body_timeout",
             Rejection::Envelope(e) => e.code(),
-            Rejection::Unconfirmed { .. } => "broker_unconfirmed",
+            Rejection::Unconfirmed { reason, .. } => reason,
             Rejection::DeadlineExceeded(_) => "broker_timeout",
             Rejection::Overloaded => "overloaded",
             Rejection::ShuttingDown => "shutting_down",

@@ -32,6 +32,8 @@ pub fn classify(e: &SinkError) -> Class {
         | SinkError::Overloaded(_)
         | SinkError::Refused(_)
         | SinkError::Unroutable(_)
+        | SinkError::UnknownTopic(_)
+        | SinkError::TopicAuthorization(_)
         | SinkError::Timeout(_) => Class::Transient,
     }
 }

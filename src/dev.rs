@@ -20,6 +20,7 @@ pub fn demo_config(listen: &str, bootstrap: &str, key: &str) -> Config {
         bootstrap_servers: bootstrap.to_owned(),
         librdkafka: BTreeMap::new(),
         cloudevents: true,
+        create_topics: None,
     };
     Config {
         server: ServerConfig {

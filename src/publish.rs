@@ -95,18 +95,37 @@ pub async fn publish(
         let _ = tx.send(outcome);
     });
     match tokio::time::timeout_at(deadline, rx).await {
-        Ok(Ok(failures)) => match failures.first() {
+        Ok(Ok(failures)) => match telling(&failures) {
             None => Ok(()),
             Some(e) => Err(Rejection::Unconfirmed {
                 failed: failures.len(),
+                reason: reason(e),
                 first: e.to_string(),
             }),
         },
         Ok(Err(_)) => Err(Rejection::Unconfirmed {
             failed: 0,
+            reason: "broker_unconfirmed",
             first: "publish task ended".into(),
         }),
         Err(_) => Err(Rejection::DeadlineExceeded(app.answer_deadline)),
+    }
+}
+
+/// The failure the answer names: a topic's own problem first (its code tells catalog360's
+/// operator what to fix), else the first failure.
+fn telling(failures: &[SinkError]) -> Option<&SinkError> {
+    failures
+        .iter()
+        .find(|e| matches!(e, SinkError::UnknownTopic(_) | SinkError::TopicAuthorization(_)))
+        .or_else(|| failures.first())
+}
+
+/// The answer's `error` code for a batch that failed with `e`.
+fn reason(e: &SinkError) -> &'static str {
+    match e {
+        SinkError::UnknownTopic(_) | SinkError::TopicAuthorization(_) => e.code(),
+        _ => "broker_unconfirmed",
     }
 }
 

@@ -15,6 +15,12 @@ pub enum SinkError {
     /// RabbitMQ returned the message: no queue is bound for its routing key.
     #[error("message unroutable: no queue bound for routing key {0:?}")]
     Unroutable(String),
+    /// The Kafka cluster has no such topic (and the sink does not create topics).
+    #[error("topic {0:?} does not exist on the Kafka cluster")]
+    UnknownTopic(String),
+    /// The Kafka cluster does not let the bridge write this topic.
+    #[error("not authorized to write topic {0:?}")]
+    TopicAuthorization(String),
     /// The broker did not confirm in time.
     #[error("broker did not confirm in time: {0}")]
     Timeout(String),
@@ -56,6 +62,8 @@ impl SinkError {
             SinkError::Overloaded(_) => "overloaded",
             SinkError::Refused(_) => "refused",
             SinkError::Unroutable(_) => "unroutable",
+            SinkError::UnknownTopic(_) => "unknown_topic",
+            SinkError::TopicAuthorization(_) => "topic_authorization",
             SinkError::Timeout(_) => "timeout",
             SinkError::Permanent(..) => "permanent",
         }
@@ -68,6 +76,8 @@ impl SinkError {
             | SinkError::Overloaded(s)
             | SinkError::Refused(s)
             | SinkError::Unroutable(s)
+            | SinkError::UnknownTopic(s)
+            | SinkError::TopicAuthorization(s)
             | SinkError::Timeout(s)
             | SinkError::Permanent(_, s) => s,
         }

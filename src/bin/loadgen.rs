@@ -161,6 +161,7 @@ async fn direct_kafka(
         bootstrap_servers: bootstrap,
         librdkafka: BTreeMap::from([("compression.type".into(), "none".into())]),
         cloudevents: true,
+        create_topics: None,
     };
     let sink = KafkaSink::new("kafka", &cfg, Duration::from_secs(15))?;
     anyhow::ensure!(

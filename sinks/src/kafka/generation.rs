@@ -41,6 +41,8 @@ pub(super) enum Wake {
         generation: u64,
         reason: Reason,
         detail: String,
+        /// The topic of the message whose failure asked for it.
+        topic: Option<String>,
     },
 }
 
@@ -58,6 +60,7 @@ impl ClientContext for Context {
                 generation: self.generation,
                 reason: Reason::Fatal,
                 detail: reason.to_owned(),
+                topic: None,
             });
         } else {
             tracing::warn!(sink = %self.sink, generation = self.generation, error = %error, "librdkafka: {reason}");

@@ -3,6 +3,7 @@
 
 mod generation;
 mod supervisor;
+mod topics;
 
 use crate::cloudevents;
 use crate::message::CONTENT_TYPE;
@@ -14,11 +15,13 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureRecord, Producer};
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+pub use topics::CreateTopics;
+use topics::{Known, Topics};
 
 /// `[sinks.NAME] type = "kafka"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -32,6 +35,9 @@ pub struct KafkaConfig {
     /// Add the CloudEvents `ce_*` headers to every message (SPEC §8).
     #[serde(default = "crate::cloudevents::default_on")]
     pub cloudevents: bool,
+    /// Create a missing topic before its first publish (absent: never create).
+    #[serde(default)]
+    pub create_topics: Option<CreateTopics>,
 }
 
 /// Settings the delivery guarantee depends on: the operator may not override them.
@@ -44,6 +50,8 @@ pub enum KafkaSetupError {
     Pinned { key: String, value: &'static str },
     #[error("librdkafka rejected the producer configuration: {0}")]
     Client(#[from] KafkaError),
+    #[error("create_topics: {0}")]
+    CreateTopics(String),
 }
 
 /// Publishes to Kafka; `publish` resolves with the delivery report of the message.
@@ -74,6 +82,8 @@ struct Shared {
     message_timeout: Option<Duration>,
     /// Wakes the supervisor thread.
     wake: mpsc::Sender<Wake>,
+    /// What the cluster said of each topic published to.
+    topics: Topics,
 }
 
 impl KafkaSink {
@@ -88,6 +98,7 @@ impl KafkaSink {
         let config = client_config(cfg, message_timeout)?;
         let (wake, wakes) = mpsc::channel();
         let first = Generation::create(&config, name, 1, wake.clone())?;
+        let topics = Topics::new(name, &config, cfg.create_topics.clone())?;
         let shared = Arc::new(Shared {
             name: name.to_owned(),
             cloudevents: cfg.cloudevents,
@@ -100,6 +111,7 @@ impl KafkaSink {
             last_delivery_ms: AtomicU64::new(0),
             born: Instant::now(),
             wake,
+            topics,
         });
         let supervisor = supervisor::spawn(shared.clone(), wakes);
         Ok(Self {
@@ -213,17 +225,52 @@ impl Shared {
         if let Some(key) = &msg.key {
             record = record.key(&key[..]);
         }
-        let delivery = current
-            .producer
-            .send_result(record)
-            .map_err(|(e, _)| self.failed(current.id, e))?;
+        let delivery = current.producer.send_result(record).map_err(|(e, _)| {
+            match e.rdkafka_error_code() {
+                // librdkafka measured this very message against `message.max.bytes`.
+                Some(RDKafkaErrorCode::MessageSizeTooLarge) => classify(e),
+                _ => self.failed(current.id, msg, None, e),
+            }
+        })?;
         Ok((current.id, delivery))
     }
 
-    /// What a delivery report of generation `generation` means for the caller.
+    /// Hands the messages to the producer in order, except those whose topic the cluster
+    /// refuses or whose record exceeds the topic's `max.message.bytes`. Once a message of a
+    /// (topic, key) is not handed over, the later ones of that key are held back too, so a
+    /// resend cannot deliver them out of order.
+    fn enqueue_all(
+        &self,
+        current: &Generation,
+        msgs: &[&Message],
+        known: &HashMap<&str, Known>,
+    ) -> Vec<Result<(u64, DeliveryFuture), SinkError>> {
+        let mut held: HashSet<(&str, &[u8])> = HashSet::new();
+        msgs.iter()
+            .map(|m| {
+                let key = m.key.as_deref().map(|k| (m.destination.as_str(), k));
+                if key.is_some_and(|k| held.contains(&k)) {
+                    return Err(SinkError::Overloaded(
+                        "held back: an earlier event with the same key was not published".into(),
+                    ));
+                }
+                let r = admissible(m, known.get(m.destination.as_str()), self.cloudevents)
+                    .and_then(|()| self.enqueue(current, m));
+                if let (Err(_), Some(k)) = (&r, key) {
+                    held.insert(k);
+                }
+                r
+            })
+            .collect()
+    }
+
+    /// What a delivery report of generation `generation` for `msg` means for the caller;
+    /// `limit` is the topic's `max.message.bytes` when known.
     fn settle(
         &self,
         generation: u64,
+        msg: &Message,
+        limit: Option<usize>,
         report: <DeliveryFuture as std::future::Future>::Output,
     ) -> Result<(), SinkError> {
         match report {
@@ -231,21 +278,29 @@ impl Shared {
                 self.note_delivery();
                 Ok(())
             }
-            Ok(Err((e, _))) => Err(self.failed(generation, e)),
+            Ok(Err((e, _))) => Err(self.failed(generation, msg, limit, e)),
             Err(_) => Err(SinkError::Unavailable(
                 "producer shut down before delivery".into(),
             )),
         }
     }
 
-    /// Classifies a failed delivery of generation `generation`, and asks for a new producer
-    /// when the failure says the instance cannot recover: it lost its idempotence state, or
-    /// its deliveries time out for a whole message timeout while the cluster answers.
-    fn failed(&self, generation: u64, e: KafkaError) -> SinkError {
+    /// Classifies a failed delivery of `msg` by generation `generation`, and asks for a new
+    /// producer when the failure says the instance cannot recover: it lost its idempotence
+    /// state, or its deliveries time out for a whole message timeout while the cluster answers
+    /// (the supervisor then checks that the message's topic itself is healthy).
+    fn failed(
+        &self,
+        generation: u64,
+        msg: &Message,
+        limit: Option<usize>,
+        e: KafkaError,
+    ) -> SinkError {
+        use RDKafkaErrorCode as C;
         let code = e.rdkafka_error_code();
         let reason = match code {
             Some(c) if generation::is_state_loss(c) => Some(Reason::Fatal),
-            Some(RDKafkaErrorCode::MessageTimedOut) if self.stalled() => Some(Reason::Stalled),
+            Some(C::MessageTimedOut) if self.stalled() => Some(Reason::Stalled),
             _ => None,
         };
         if let Some(reason) = reason {
@@ -253,10 +308,21 @@ impl Shared {
                 generation,
                 reason,
                 detail: e.to_string(),
+                topic: Some(msg.destination.clone()),
             });
             return SinkError::Unavailable(format!("Kafka producer being replaced: {e}"));
         }
-        classify(e)
+        match code {
+            Some(C::UnknownTopicOrPartition | C::UnknownTopic) => {
+                self.topics.forget(&msg.destination);
+                SinkError::UnknownTopic(msg.destination.clone())
+            }
+            Some(C::TopicAuthorizationFailed) => {
+                SinkError::TopicAuthorization(msg.destination.clone())
+            }
+            Some(C::MessageSizeTooLarge) => too_large(msg, limit, self.cloudevents, e),
+            _ => classify(e),
+        }
     }
 
     /// Nothing was delivered for a whole message timeout although the cluster answers.
@@ -274,6 +340,9 @@ impl KafkaConfig {
     /// and value (librdkafka parses them; nothing connects).
     pub fn validate(&self) -> Result<(), KafkaSetupError> {
         client_config(self, Duration::from_secs(1))?.create_native_config()?;
+        if let Some(create) = &self.create_topics {
+            create.validate().map_err(KafkaSetupError::CreateTopics)?;
+        }
         Ok(())
     }
 }
@@ -354,6 +423,79 @@ fn classify(e: KafkaError) -> SinkError {
     }
 }
 
+impl Shared {
+    /// What the topic cache says of each topic of `msgs` (asked together; a topic whose answer
+    /// is not in by `deadline` counts as unknown).
+    async fn known_topics<'m>(
+        &self,
+        msgs: &[&'m Message],
+        deadline: tokio::time::Instant,
+    ) -> HashMap<&'m str, Known> {
+        let topics: HashSet<&str> = msgs.iter().map(|m| m.destination.as_str()).collect();
+        let asks = topics.into_iter().map(|t| async move {
+            let known = tokio::time::timeout_at(deadline, self.topics.check(t)).await;
+            (t, known.unwrap_or(Known::Unknown))
+        });
+        futures::future::join_all(asks).await.into_iter().collect()
+    }
+}
+
+/// Whether `msg` may go to the producer, by what is known of its topic.
+fn admissible(msg: &Message, known: Option<&Known>, cloudevents: bool) -> Result<(), SinkError> {
+    match known {
+        Some(Known::Refused { why, .. }) => Err(why.error(&msg.destination)),
+        Some(Known::Exists {
+            max_bytes: Some(limit),
+        }) => {
+            let size = record_bytes(msg, cloudevents);
+            if size > *limit {
+                return Err(SinkError::Permanent(
+                    Permanence::TooLarge,
+                    format!(
+                        "record of {size} bytes over topic {:?}'s max.message.bytes ({limit})",
+                        msg.destination
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The record's size on the wire before compression (see `topics::record_size`).
+fn record_bytes(msg: &Message, cloudevents: bool) -> usize {
+    let headers: Vec<(usize, usize)> = msg
+        .headers(&cloudevents::KAFKA, cloudevents)
+        .map(|(k, v)| (k.len(), v.len()))
+        .chain([("content-type".len(), CONTENT_TYPE.len())])
+        .collect();
+    topics::record_size(
+        msg.body.len(),
+        msg.key.as_ref().map_or(0, |k| k.len()),
+        &headers,
+    )
+}
+
+/// A broker's `MESSAGE_TOO_LARGE`, which it gives every message of the record batch it refused:
+/// permanent only when this message's own record exceeds the topic's `max.message.bytes`; the
+/// others travelled with it and are retried.
+fn too_large(msg: &Message, limit: Option<usize>, cloudevents: bool, e: KafkaError) -> SinkError {
+    let size = record_bytes(msg, cloudevents);
+    match limit {
+        Some(limit) if size > limit => SinkError::Permanent(
+            Permanence::TooLarge,
+            format!("{e}: record of {size} bytes over the topic's max.message.bytes ({limit})"),
+        ),
+        Some(limit) => SinkError::Refused(format!(
+            "{e}: the broker refused the record batch this event travelled in; the event itself fits ({size} of {limit} bytes)"
+        )),
+        None => SinkError::Refused(format!(
+            "{e}: the topic's max.message.bytes is unknown, so the event is not taken as too large by itself"
+        )),
+    }
+}
+
 #[async_trait]
 impl Sink for KafkaSink {
     fn name(&self) -> &str {
@@ -361,27 +503,27 @@ impl Sink for KafkaSink {
     }
 
     async fn publish(&self, msg: &Message) -> Result<(), SinkError> {
-        let s = &self.shared;
-        let current = s.usable().map_err(SinkError::Unavailable)?;
-        let (generation, delivery) = s.enqueue(&current, msg)?;
-        // Not held across the wait: a replaced instance is destroyed by the supervisor.
-        drop(current);
-        s.settle(generation, delivery.await)
+        let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+        let mut results = self.publish_many(&[msg], far).await;
+        results
+            .pop()
+            .unwrap_or_else(|| Err(crate::deadline_passed()))
     }
 
-    /// Hands every message to the producer in one go (one look at the instance in use, in
-    /// order, so same-key messages keep theirs), then awaits the delivery reports in turn
-    /// against one timer.
+    /// Asks the topic cache about each topic of the batch, hands every admissible message to
+    /// the producer in one go (one look at the instance in use, in order, so same-key messages
+    /// keep theirs), then awaits the delivery reports in turn against one timer.
     async fn publish_many(
         &self,
         msgs: &[&Message],
         deadline: tokio::time::Instant,
     ) -> Vec<Result<(), SinkError>> {
         let s = &self.shared;
-        let pending: Vec<_> = match s.usable() {
+        let known = s.known_topics(msgs, deadline).await;
+        let pending = match s.usable() {
             // The instance is dropped before the wait (a replaced one is destroyed by the
             // supervisor).
-            Ok(current) => msgs.iter().map(|m| s.enqueue(&current, m)).collect(),
+            Ok(current) => s.enqueue_all(&current, msgs, &known),
             Err(why) => {
                 return msgs
                     .iter()
@@ -392,12 +534,16 @@ impl Sink for KafkaSink {
         let timer = tokio::time::sleep_until(deadline);
         tokio::pin!(timer);
         let mut out = Vec::with_capacity(pending.len());
-        for p in pending {
+        for (p, m) in pending.into_iter().zip(msgs) {
+            let limit = match known.get(m.destination.as_str()) {
+                Some(Known::Exists { max_bytes }) => *max_bytes,
+                _ => None,
+            };
             out.push(match p {
                 Err(e) => Err(e),
                 Ok((generation, delivery)) => tokio::select! {
                     biased;
-                    r = delivery => s.settle(generation, r),
+                    r = delivery => s.settle(generation, m, limit, r),
                     () = &mut timer => Err(crate::deadline_passed()),
                 },
             });
@@ -449,6 +595,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             cloudevents: true,
+            create_topics: None,
         };
         client_config(&cfg, Duration::from_millis(1500)).expect("valid")
     }

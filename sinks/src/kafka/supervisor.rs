@@ -54,7 +54,11 @@ fn run(shared: &Shared, wakes: &mpsc::Receiver<Wake>) {
                 generation,
                 reason,
                 detail,
+                topic,
             } if generation == shared.generation() => {
+                if reason == Reason::Stalled && !topic_healthy(shared, topic.as_deref()) {
+                    continue;
+                }
                 if rebuild(shared, wakes, reason, &detail, &mut backoff).is_break() {
                     return;
                 }
@@ -72,7 +76,37 @@ fn unreported_fatal(shared: &Shared) -> Option<Wake> {
         generation: current.id,
         reason: Reason::Fatal,
         detail: format!("{code:?}: {detail}"),
+        topic: None,
     })
+}
+
+/// Whether the topic of a message that timed out has every partition led, as the cluster
+/// says: if not, the timeouts are that topic's problem and the producer stays. No topic, or no
+/// answer: the stall counts as the producer's.
+fn topic_healthy(shared: &Shared, topic: Option<&str>) -> bool {
+    let Some(topic) = topic else {
+        return true;
+    };
+    let current = shared.current();
+    let Ok(md) = current
+        .producer
+        .client()
+        .fetch_metadata(Some(topic), PROBE_TIMEOUT)
+    else {
+        return true;
+    };
+    let healthy = md.topics().iter().any(|t| {
+        t.name() == topic
+            && t.error().is_none()
+            && !t.partitions().is_empty()
+            && t.partitions()
+                .iter()
+                .all(|p| p.error().is_none() && p.leader() >= 0)
+    });
+    if !healthy {
+        tracing::warn!(sink = %shared.name, topic, "deliveries to this topic time out and the cluster reports the topic unavailable: the producer is kept");
+    }
+    healthy
 }
 
 /// Asks the cluster for metadata with the current producer; the answer is the readiness.
