@@ -117,7 +117,12 @@ pub async fn publish(
 fn telling(failures: &[SinkError]) -> Option<&SinkError> {
     failures
         .iter()
-        .find(|e| matches!(e, SinkError::UnknownTopic(_) | SinkError::TopicAuthorization(_)))
+        .find(|e| {
+            matches!(
+                e,
+                SinkError::UnknownTopic(_) | SinkError::TopicAuthorization(_)
+            )
+        })
         .or_else(|| failures.first())
 }
 
