@@ -519,7 +519,16 @@ impl Sink for KafkaSink {
         deadline: tokio::time::Instant,
     ) -> Vec<Result<(), SinkError>> {
         let s = &self.shared;
-        let known = s.known_topics(msgs, deadline).await;
+        // An unreachable cluster fails fast, before any topic is asked about.
+        let known = match s.usable() {
+            Ok(_) => s.known_topics(msgs, deadline).await,
+            Err(why) => {
+                return msgs
+                    .iter()
+                    .map(|_| Err(SinkError::Unavailable(why.clone())))
+                    .collect();
+            }
+        };
         let pending = match s.usable() {
             // The instance is dropped before the wait (a replaced one is destroyed by the
             // supervisor).

@@ -53,6 +53,18 @@ const MISSING_FOR: Duration = Duration::from_secs(1);
 /// How long one metadata or admin request may take; past it the topic counts as unknown and
 /// its messages go to the producer as usual.
 const ASK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a DescribeConfigs may hold a topic's first batch (a cluster that does not answer it,
+/// such as librdkafka's mock cluster, leaves the topic's limit unknown).
+const DESCRIBE_TIMEOUT: Duration = Duration::from_millis(300);
+/// The producer's settings an admin client must not take (it would become an idempotent
+/// producer of its own, with a producer id the broker could fence).
+const PRODUCER_ONLY: [&str; 5] = [
+    "enable.idempotence",
+    "acks",
+    "linger.ms",
+    "message.timeout.ms",
+    "compression.type",
+];
 /// A missing topic is logged at most once per this period.
 const LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -112,9 +124,13 @@ impl Topics {
         config: &ClientConfig,
         create: Option<CreateTopics>,
     ) -> rdkafka::error::KafkaResult<Self> {
+        let mut admin = config.clone();
+        for key in PRODUCER_ONLY {
+            admin.remove(key);
+        }
         Ok(Self {
             sink: sink.to_owned(),
-            admin: Arc::new(config.create()?),
+            admin: Arc::new(admin.create()?),
             create,
             slots: Mutex::new(HashMap::new()),
         })
@@ -192,11 +208,12 @@ impl Topics {
 
     /// The topic's `max.message.bytes`, when the cluster answers DescribeConfigs.
     async fn max_bytes(&self, topic: &str) -> Option<usize> {
-        let opts = AdminOptions::new().request_timeout(Some(ASK_TIMEOUT));
-        let described = self
-            .admin
-            .describe_configs(&[ResourceSpecifier::Topic(topic)], &opts)
+        let opts = AdminOptions::new().request_timeout(Some(DESCRIBE_TIMEOUT));
+        let resources = [ResourceSpecifier::Topic(topic)];
+        let describe = self.admin.describe_configs(&resources, &opts);
+        let described = tokio::time::timeout(DESCRIBE_TIMEOUT, describe)
             .await
+            .ok()?
             .ok()?;
         let resource = described.into_iter().next()?.ok()?;
         let entry = resource.get("max.message.bytes")?;
