@@ -305,7 +305,15 @@ async fn overload_gets_fast_503s_and_a_bounded_number_of_batches_in_flight() {
             "an overload answer took {took:?}"
         );
     }
-    assert_eq!(results.iter().filter(|(r, _)| r.status == 200).count(), 2);
+    let admitted: Vec<_> = results
+        .iter()
+        .filter(|(r, _)| r.status != 503 || r.json["error"] != "overloaded")
+        .collect();
+    assert_eq!(
+        admitted.iter().filter(|(r, _)| r.status == 200).count(),
+        2,
+        "{admitted:?}"
+    );
     assert_eq!(bridge.app.in_flight.available_permits(), 2);
 }
 

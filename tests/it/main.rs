@@ -21,3 +21,4 @@ mod rabbit;
 mod redis_server;
 mod replicas;
 mod tansu;
+mod topics;
