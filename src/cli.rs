@@ -35,6 +35,9 @@ enum Command {
     Check {
         #[arg(long, env = "C360_BRIDGE_CONFIG")]
         config: PathBuf,
+        /// Also connect to every Kafka sink (publishing nothing) and list missing topics.
+        #[arg(long)]
+        connect: bool,
     },
     /// Print an AsyncAPI 3.0 document of the topics and queues a configuration publishes to.
     Asyncapi {
@@ -73,7 +76,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config } => serve(&config, cli.log_format),
-        Command::Check { config } => check(&config),
+        Command::Check { config, connect } => check(&config, connect),
         Command::Asyncapi { config, format } => print_asyncapi(&config, format),
         Command::Sign { key, file } => {
             read_input(file.as_deref()).map(|b| println!("{}", signature::sign(key.as_bytes(), &b)))
@@ -147,7 +150,7 @@ pub async fn shutdown_signal() {
     }
 }
 
-fn check(file: &Path) -> Result<()> {
+fn check(file: &Path, connect: bool) -> Result<()> {
     let config = config::load(Some(file))?;
     let routes = routing::Routes::compile(&config, Some(file))?;
     let dead_letter = DeadLetter::compile(&config, Some(file))?;
@@ -198,6 +201,30 @@ fn check(file: &Path) -> Result<()> {
         }
     }
     print_dead_letter(dead_letter.as_ref());
+    if connect {
+        print_connect(&config, &routes)?;
+    }
+    Ok(())
+}
+
+/// `check --connect`: one line per Kafka sink, its missing topics; an error when one failed.
+fn print_connect(config: &config::Config, routes: &routing::Routes) -> Result<()> {
+    let mut failed = Vec::new();
+    for r in c360_bridge::connect::kafka_sinks(config, routes) {
+        match &r.failure {
+            Some(why) => {
+                println!("{}: {why}", r.sink);
+                failed.push(r.sink.clone());
+            }
+            None => println!("{}: ok", r.sink),
+        }
+        for topic in &r.missing {
+            println!("  missing topic: {topic}");
+        }
+    }
+    if !failed.is_empty() {
+        bail!("could not connect to {}", failed.join(", "));
+    }
     Ok(())
 }
 

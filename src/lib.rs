@@ -6,6 +6,7 @@ pub mod app;
 pub mod asyncapi;
 pub mod cloudevents;
 pub mod config;
+pub mod connect;
 pub mod dead_letter;
 pub mod dev;
 pub mod envelope;

@@ -420,3 +420,38 @@ async fn admin_listen_keeps_the_operational_endpoints_off_the_public_port() {
             .success()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_connect_lists_the_missing_topics_and_fails_on_an_unreachable_cluster() {
+    let prefix = unique("cc");
+    create_topics(&kafka(), &[format!("{prefix}.task_created")], 1).await;
+    let toml = format!(
+        "{}{}{}",
+        webhook_toml("wh", "k"),
+        kafka_sink_toml("kafka", &kafka()),
+        route_all_toml(
+            &["kafka"],
+            &format!("topic = \"{prefix}.{{event_class}}\"\n")
+        )
+    );
+    let (_d, path) = write_config(&toml);
+    let (code, out, err) = run(&["check", "--config", &path, "--connect"], None);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("kafka: ok"), "{out}");
+    assert!(
+        out.contains(&format!("  missing topic: {prefix}.task_updated")),
+        "{out}"
+    );
+    assert!(
+        !out.contains(&format!("missing topic: {prefix}.task_created")),
+        "{out}"
+    );
+    let missing = out.lines().filter(|l| l.contains("missing topic:")).count();
+    assert_eq!(missing, 10, "every known class but task_created: {out}");
+
+    let (_d, path) = write_config(&toml.replace(&kafka(), "127.0.0.1:1"));
+    let (code, out, err) = run(&["check", "--config", &path, "--connect"], None);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("kafka: no Kafka broker answered"), "{out}");
+    assert!(err.contains("could not connect to kafka"), "{err}");
+}

@@ -462,7 +462,7 @@ impl Lcg {
 }
 
 /// The kinds of fault the soak injects.
-const FAULT_KINDS: u64 = 6;
+const FAULT_KINDS: u64 = 7;
 
 /// Injects fault `kind` of the soak (below `FAULT_KINDS`), waits until it is over, and names it.
 async fn inject(
@@ -470,8 +470,13 @@ async fn inject(
     cluster: &MockCluster<'static, DefaultProducerContext>,
     tansu: &mut Tansu,
     rng: &mut Lcg,
+    hook: &str,
 ) -> &'static str {
     match kind {
+        6 => {
+            missing_topic_batch(hook, rng).await;
+            "a batch for a topic tansu does not have"
+        }
         0 => {
             cluster.broker_down(1).expect("down");
             tokio::time::sleep(Duration::from_millis(500 + rng.next(3000))).await;
@@ -514,9 +519,32 @@ async fn inject(
     }
 }
 
+/// Posts a batch whose class routes to a topic tansu lacks (the mock cluster creates topics it
+/// is asked about): it must never get 200, and get 503 `unknown_topic` at least once in a few
+/// tries (a try just after another fault may meet tansu still unreachable: 503 of another kind).
+async fn missing_topic_batch(hook: &str, rng: &mut Lcg) {
+    let body = batch(&[event("brandnew_created", &rng.next(1 << 40).to_string())]);
+    let mut answers = Vec::new();
+    for _ in 0..10 {
+        let r = post(hook, &body, Some(KEY)).await;
+        assert_ne!(
+            r.status, 200,
+            "an event for a missing topic got 200: {answers:?}"
+        );
+        let named = r.json["error"] == "unknown_topic";
+        answers.push(r.json);
+        if named {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    panic!("never answered unknown_topic: {answers:?}");
+}
+
 /// Faults 2 (all Kafka brokers down), 5 (tansu SIGKILL + restart), 6 (RabbitMQ connections
 /// closed, app restarted), a Kafka producer's lost state (a fatal error: the sink replaces its
-/// producer) and a silent partition (nftables drops tansu's and RabbitMQ's packets for 1-3 s)
+/// producer), a silent partition (nftables drops tansu's and RabbitMQ's packets for 1-3 s) and
+/// a batch for a topic tansu lacks (503 `unknown_topic`, never 200)
 /// at random under a fan-out load to the mock cluster, tansu (sqlite) and RabbitMQ.
 ///
 /// The tansu sink never times messages out (`message.timeout.ms = 0`; the bridge still answers
@@ -534,11 +562,12 @@ async fn conservation_soak_under_random_faults() {
     let exchange = unique("x");
     let queue = Queue::bind(&exchange, &["#"], FieldTable::default()).await;
     let toml = format!(
-        "[server]\nack_timeout = \"3s\"\n{}{}{}{}{}",
+        "[server]\nack_timeout = \"3s\"\n{}{}{}{}{}{}",
         webhook_toml("wh", KEY),
         kafka_sink_toml("kafka", &cluster.bootstrap_servers()),
         kafka_sink_toml_with("tansu", &tansu.addr, NO_MESSAGE_TIMEOUT),
         rabbit_sink_toml("rabbit", &exchange),
+        "[[routes]]\nmatch = \"brandnew_*\"\nsinks = [\"kafka\", \"tansu\"]\ntopic = \"soak-missing\"\n",
         route_all_toml(&["kafka", "tansu", "rabbit"], "topic = \"soak\"\n")
     );
     let bridge = Bridge::start(&toml).await;
@@ -570,7 +599,7 @@ async fn conservation_soak_under_random_faults() {
     let mut faults = Vec::new();
     for kind in kinds {
         tokio::time::sleep(Duration::from_millis(800 + rng.next(800))).await;
-        faults.push(inject(kind, &cluster, &mut tansu, &mut rng).await);
+        faults.push(inject(kind, &cluster, &mut tansu, &mut rng, &bridge.url("/hook")).await);
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.cancel();
