@@ -469,3 +469,52 @@ async fn a_record_the_broker_rejects_as_invalid_is_dead_lettered() {
     assert_eq!(h["c360-original-sink"], "mock");
     assert_eq!(h["c360-original-destination"], "tasks");
 }
+
+/// The broker refuses a whole record batch as too large (`MESSAGE_TOO_LARGE` for every message
+/// in it): no event whose own record fits is dead-lettered. The mock cluster does not answer
+/// DescribeConfigs, so the topic's limit is unknown and the refusal is transient for all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_batch_refused_as_too_large_dead_letters_none_of_its_small_events() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let _shared = SHARED_BROKERS.read().await;
+    let prefix = unique("dl");
+    let [dead] = &topics(&prefix, &["dead-letter"]).await[..] else {
+        unreachable!()
+    };
+    let cluster = mock(&[("tasks", 1)]);
+    let strict = kafka_sink_toml("mock", &cluster.bootstrap_servers());
+    let tasks = "[[routes]]\nmatch = \"task_*\"\nsinks = [\"mock\"]\ntopic = \"tasks\"\n";
+    let dl = format!("sink = \"kafka\"\ntopic = \"{dead}\"\n");
+    let bridge = Bridge::start(&config(&prefix, "", &strict, tasks, &dl)).await;
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+    );
+    let events: Vec<String> = (0..3)
+        .map(|i| event("task_created", &format!("s{i}")))
+        .collect();
+    let body = batch(&events);
+    let r = post(&bridge.url("/hook"), &body, Some(KEY)).await;
+    assert_eq!(r.status, 503, "{:?}", r.json);
+    assert!(
+        r.json["message"].as_str().unwrap().contains("too large"),
+        "{:?}",
+        r.json
+    );
+    assert!(
+        consume(&kafka(), dead, 1).await.is_empty(),
+        "nothing dead-lettered"
+    );
+    let again = post(&bridge.url("/hook"), &body, Some(KEY)).await;
+    assert_eq!(again.status, 200, "{:?}", again.json);
+    let records = consume(&cluster.bootstrap_servers(), "tasks", 1).await;
+    let mut got = payloads(&records);
+    got.sort();
+    let mut want: Vec<&[u8]> = events.iter().map(|e| e.as_bytes()).collect();
+    want.sort();
+    assert_eq!(got, want, "each event once on its topic");
+    assert!(
+        consume(&kafka(), dead, 1).await.is_empty(),
+        "still nothing dead-lettered"
+    );
+}
