@@ -4,6 +4,8 @@
 use crate::faults::mock;
 use crate::harness::*;
 use lapin::types::FieldTable;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
 use std::time::Duration;
 
 const KEY: &str = "dead-letter-key";
@@ -432,16 +434,9 @@ async fn serve_says_at_start_up_whether_the_kafka_dead_letter_topic_exists() {
 async fn a_record_the_broker_rejects_as_invalid_is_dead_lettered() {
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
     let _shared = SHARED_BROKERS.read().await;
-    let prefix = unique("dl");
-    let [dead] = &topics(&prefix, &["dead-letter"]).await[..] else {
-        unreachable!()
-    };
     // task_* to a mock cluster whose next Produce is refused with INVALID_RECORD (87).
-    let cluster = mock(&[("tasks", 1)]);
-    let strict = kafka_sink_toml("mock", &cluster.bootstrap_servers());
-    let tasks = "[[routes]]\nmatch = \"task_*\"\nsinks = [\"mock\"]\ntopic = \"tasks\"\n";
-    let dl = format!("sink = \"kafka\"\ntopic = \"{dead}\"\n");
-    let bridge = Bridge::start(&config(&prefix, "", &strict, tasks, &dl)).await;
+    let (cluster, bridge, dead) = tasks_on_a_mock_cluster().await;
+    let dead = &dead;
     cluster.request_errors(
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_RECORD],
@@ -470,13 +465,10 @@ async fn a_record_the_broker_rejects_as_invalid_is_dead_lettered() {
     assert_eq!(h["c360-original-destination"], "tasks");
 }
 
-/// The broker refuses a whole record batch as too large (`MESSAGE_TOO_LARGE` for every message
-/// in it): no event whose own record fits is dead-lettered. The mock cluster does not answer
-/// DescribeConfigs, so the topic's limit is unknown and the refusal is transient for all.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_record_batch_refused_as_too_large_dead_letters_none_of_its_small_events() {
-    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-    let _shared = SHARED_BROKERS.read().await;
+/// A bridge routing `task_*` to the topic `tasks` of a fresh mock cluster (sink `mock`), with a
+/// dead letter on tansu; the dead-letter topic's name.
+async fn tasks_on_a_mock_cluster() -> (MockCluster<'static, DefaultProducerContext>, Bridge, String)
+{
     let prefix = unique("dl");
     let [dead] = &topics(&prefix, &["dead-letter"]).await[..] else {
         unreachable!()
@@ -486,6 +478,17 @@ async fn a_record_batch_refused_as_too_large_dead_letters_none_of_its_small_even
     let tasks = "[[routes]]\nmatch = \"task_*\"\nsinks = [\"mock\"]\ntopic = \"tasks\"\n";
     let dl = format!("sink = \"kafka\"\ntopic = \"{dead}\"\n");
     let bridge = Bridge::start(&config(&prefix, "", &strict, tasks, &dl)).await;
+    (cluster, bridge, dead.clone())
+}
+
+/// The broker refuses a whole record batch as too large (`MESSAGE_TOO_LARGE` for every message
+/// in it): no event whose own record fits is dead-lettered. The mock cluster does not answer
+/// DescribeConfigs, so the topic's limit is unknown and the refusal is transient for all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_batch_refused_as_too_large_dead_letters_none_of_its_small_events() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let _shared = SHARED_BROKERS.read().await;
+    let (cluster, bridge, dead) = tasks_on_a_mock_cluster().await;
     cluster.request_errors(
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
@@ -502,7 +505,7 @@ async fn a_record_batch_refused_as_too_large_dead_letters_none_of_its_small_even
         r.json
     );
     assert!(
-        consume(&kafka(), dead, 1).await.is_empty(),
+        consume(&kafka(), &dead, 1).await.is_empty(),
         "nothing dead-lettered"
     );
     let again = post(&bridge.url("/hook"), &body, Some(KEY)).await;
@@ -514,7 +517,7 @@ async fn a_record_batch_refused_as_too_large_dead_letters_none_of_its_small_even
     want.sort();
     assert_eq!(got, want, "each event once on its topic");
     assert!(
-        consume(&kafka(), dead, 1).await.is_empty(),
+        consume(&kafka(), &dead, 1).await.is_empty(),
         "still nothing dead-lettered"
     );
 }

@@ -289,15 +289,16 @@ async fn supervise(shared: Arc<Shared>) {
 
 /// Lets the confirms still outstanding on a replaced link arrive, then closes its connection.
 async fn retire(link: Arc<Link>) {
-    let closing = async {
-        for ch in link.channels() {
-            let _ = ch.wait_for_confirms().await;
-        }
-        link.conn
-            .close(200, "c360-bridge: link replaced".into())
-            .await
-    };
+    let closing = drain_and_close(&link, "c360-bridge: link replaced");
     let _ = tokio::time::timeout(RETIRE_TIMEOUT, closing).await;
+}
+
+/// Waits for the link's outstanding confirms, then closes its connection with `reason`.
+async fn drain_and_close(link: &Link, reason: &str) -> Result<(), lapin::Error> {
+    for ch in link.channels() {
+        let _ = ch.wait_for_confirms().await;
+    }
+    link.conn.close(200, reason.into()).await
 }
 
 /// Opens a connection and its confirm-mode channels; a connection whose setup failed is closed
@@ -439,14 +440,7 @@ impl Sink for RabbitSink {
         self.shared.closing.store(true, Ordering::Relaxed);
         let link = self.shared.link.read().ok().and_then(|l| l.clone());
         if let Some(link) = link {
-            let closing = async {
-                for ch in link.channels() {
-                    let _ = ch.wait_for_confirms().await;
-                }
-                link.conn
-                    .close(200, "c360-bridge shutting down".into())
-                    .await
-            };
+            let closing = drain_and_close(&link, "c360-bridge shutting down");
             match tokio::time::timeout(deadline, closing).await {
                 Ok(Ok(())) => {
                     tracing::info!(sink = %self.shared.name, "RabbitMQ connection closed")
