@@ -529,7 +529,9 @@ impl Sink for KafkaSink {
                     .collect();
             }
         };
-        let pending = match s.usable() {
+        // Reachability was judged above; a probe that failed while the topics were asked about
+        // (a slow cluster) does not refuse a batch already admitted. A rebuild does.
+        let pending = match s.rebuilding().map_or_else(|| Ok(s.current()), Err) {
             // The instance is dropped before the wait (a replaced one is destroyed by the
             // supervisor).
             Ok(current) => s.enqueue_all(&current, msgs, &known),
