@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: starts RabbitMQ, Redis and tansu (installing them once) and installs nftables
-# for the partition tests, then runs every test.
+# The whole test suite: starts RabbitMQ, Redis and tansu (installing them once), installs nftables
+# (the partition tests) and stunnel4 (the TLS tests), then runs every test.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
 cd "$(dirname "$0")/.."
@@ -8,6 +8,11 @@ cd "$(dirname "$0")/.."
 if ! command -v nft >/dev/null; then
   echo "[test] installing nftables (Debian)" >&2
   apt_install nftables
+fi
+# The TLS tests put Debian's stunnel4 before a tansu of their own, as a managed broker's TLS port.
+if ! command -v stunnel4 >/dev/null; then
+  echo "[test] installing stunnel4 (Debian)" >&2
+  apt_install stunnel4
 fi
 # The consumers' tools: the CloudEvents SDK venv (tests/it/consumers.rs) and @asyncapi/parser.
 tools_env=$(scripts/consumer-tools.sh)

@@ -40,6 +40,11 @@ impl Pki {
         Pki { ca }
     }
 
+    /// The CA's certificate, PEM, for a client's trust store.
+    pub fn ca_pem(&self) -> String {
+        self.ca.pem()
+    }
+
     pub fn leaf(&self) -> Leaf {
         let key = KeyPair::generate().unwrap();
         let params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();

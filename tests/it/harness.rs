@@ -326,20 +326,33 @@ pub struct Record {
 /// Ends on librdkafka's partition-EOF events rather than on ListOffsets watermarks: tansu 0.6
 /// reports a high watermark that counts record batches, not records.
 pub async fn consume(bootstrap: &str, topic: &str, partitions: i32) -> Vec<Record> {
-    let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
-    tokio::task::spawn_blocking(move || consume_blocking(&bootstrap, &topic, partitions))
+    consume_with(bootstrap, topic, partitions, &[]).await
+}
+
+/// `consume` with more librdkafka settings for the consumer (TLS, a login).
+pub async fn consume_with(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    settings: &[(&str, &str)],
+) -> Vec<Record> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique("it-reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true");
+    for (k, v) in settings {
+        config.set(*k, *v);
+    }
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || consume_blocking(&config, &topic, partitions))
         .await
         .expect("consumer thread")
 }
 
-fn consume_blocking(bootstrap: &str, topic: &str, partitions: i32) -> Vec<Record> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", unique("it-reader"))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .create()
-        .expect("consumer");
+fn consume_blocking(config: &ClientConfig, topic: &str, partitions: i32) -> Vec<Record> {
+    let consumer: BaseConsumer = config.create().expect("consumer");
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)
@@ -755,6 +768,13 @@ pub struct Served {
 impl Served {
     /// Serves `config` on a free port (plus `env` for the child); waits until /readyz is 200.
     pub async fn start(config: &str, env: &[(&str, &str)]) -> Served {
+        let served = Self::start_unready(config, env);
+        wait_ready_at(&served.base, Duration::from_secs(20)).await;
+        served
+    }
+
+    /// Serves `config` on a free port (plus `env` for the child), without waiting.
+    pub fn start_unready(config: &str, env: &[(&str, &str)]) -> Served {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("bridge.log");
         let out = std::fs::File::create(&log).expect("log file");
@@ -768,14 +788,12 @@ impl Served {
             .stderr(err)
             .spawn()
             .expect("serve starts");
-        let served = Served {
+        Served {
             base: format!("http://127.0.0.1:{port}"),
             child,
             log,
             _dir: dir,
-        };
-        wait_ready_at(&served.base, Duration::from_secs(20)).await;
-        served
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

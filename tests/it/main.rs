@@ -20,5 +20,6 @@ mod props;
 mod rabbit;
 mod redis_server;
 mod replicas;
+mod secure;
 mod tansu;
 mod topics;

@@ -10,6 +10,10 @@ pub struct Tansu {
     dir: tempfile::TempDir,
     child: Option<std::process::Child>,
     sqlite: bool,
+    /// What tansu tells clients to connect to (a TLS front's address), when not its own.
+    advertised: Option<String>,
+    /// More `broker` arguments (`--authentication`).
+    extra: Vec<String>,
 }
 
 impl Tansu {
@@ -23,7 +27,16 @@ impl Tansu {
         Self::start(false).await
     }
 
+    /// Memory storage, telling clients to connect to `advertised` (`HOST:PORT`, e.g. a TLS front).
+    pub async fn start_advertising(advertised: &str) -> Tansu {
+        Self::start_with(false, Some(advertised.to_owned())).await
+    }
+
     async fn start(sqlite: bool) -> Tansu {
+        Self::start_with(sqlite, None).await
+    }
+
+    async fn start_with(sqlite: bool, advertised: Option<String>) -> Tansu {
         let port = crate::harness::free_port();
         let mut t = Tansu {
             addr: format!("127.0.0.1:{port}"),
@@ -31,6 +44,8 @@ impl Tansu {
             dir: tempfile::tempdir().expect("tempdir"),
             child: None,
             sqlite,
+            advertised,
+            extra: Vec::new(),
         };
         t.spawn().await;
         t
@@ -39,6 +54,7 @@ impl Tansu {
     async fn spawn(&mut self) {
         let bin = std::env::var("C360_TANSU_BIN").unwrap_or_else(|_| "tansu".into());
         let url = format!("tcp://{}", self.addr);
+        let advertised = format!("tcp://{}", self.advertised.as_deref().unwrap_or(&self.addr));
         // tansu 0.6 reads sqlite://HOST/PATH as a path relative to its working directory.
         let db = if self.sqlite {
             "sqlite://tansu.db"
@@ -47,7 +63,8 @@ impl Tansu {
         };
         let child = std::process::Command::new(&bin)
             .current_dir(self.dir.path())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", db])
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &advertised, "--storage-engine", db])
+            .args(&self.extra)
             .stdout(std::process::Stdio::null())
             .stderr(log_file(&self.dir))
             .spawn()
@@ -65,6 +82,14 @@ impl Tansu {
         if self.sqlite {
             index_headers(self.dir.path().join("tansu.db")).await;
         }
+    }
+
+    /// Stops tansu and starts it again on the same port and storage with `args` added to the
+    /// `broker` command (e.g. `--authentication`).
+    pub async fn restart_with(&mut self, args: &[&str]) {
+        self.kill9();
+        self.extra = args.iter().map(|a| a.to_string()).collect();
+        self.spawn().await;
     }
 
     /// SIGKILL: no chance to flush anything.

@@ -51,7 +51,13 @@ pub(super) struct Context {
     sink: String,
     generation: u64,
     wake: mpsc::Sender<Wake>,
+    last_error: LastError,
 }
+
+/// The last error librdkafka reported for a sink's client (a refused TLS handshake, a failed
+/// login, a broker down), shared by its producer instances: `/readyz` shows it while no broker
+/// answers, and a new one is logged once, not once per retry.
+pub(super) type LastError = std::sync::Arc<std::sync::Mutex<Option<String>>>;
 
 impl ClientContext for Context {
     fn error(&self, error: KafkaError, reason: &str) {
@@ -62,9 +68,24 @@ impl ClientContext for Context {
                 detail: reason.to_owned(),
                 topic: None,
             });
-        } else {
+        } else if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            // A summary ("1/1 brokers are down") that would hide the cause reported before it.
+            tracing::debug!(sink = %self.sink, "librdkafka: {reason}");
+        } else if self.note(reason) {
             tracing::warn!(sink = %self.sink, generation = self.generation, error = %error, "librdkafka: {reason}");
         }
+    }
+}
+
+impl Context {
+    /// Keeps `reason` as the last error; whether it differs from the one before.
+    fn note(&self, reason: &str) -> bool {
+        let Ok(mut last) = self.last_error.lock() else {
+            return true;
+        };
+        let new = last.as_deref() != Some(reason);
+        *last = Some(reason.to_owned());
+        new
     }
 }
 
@@ -81,11 +102,13 @@ impl Generation {
         sink: &str,
         id: u64,
         wake: mpsc::Sender<Wake>,
+        last_error: LastError,
     ) -> KafkaResult<Generation> {
         let context = Context {
             sink: sink.to_owned(),
             generation: id,
             wake,
+            last_error,
         };
         Ok(Generation {
             id,

@@ -84,6 +84,8 @@ struct Shared {
     wake: mpsc::Sender<Wake>,
     /// What the cluster said of each topic published to.
     topics: Topics,
+    /// librdkafka's last error for this sink (TLS, login, connection).
+    last_error: generation::LastError,
 }
 
 impl KafkaSink {
@@ -97,7 +99,8 @@ impl KafkaSink {
     ) -> Result<Self, KafkaSetupError> {
         let config = client_config(cfg, message_timeout)?;
         let (wake, wakes) = mpsc::channel();
-        let first = Generation::create(&config, name, 1, wake.clone())?;
+        let last_error = generation::LastError::default();
+        let first = Generation::create(&config, name, 1, wake.clone(), last_error.clone())?;
         let topics = Topics::new(name, &config, cfg.create_topics.clone())?;
         let shared = Arc::new(Shared {
             name: name.to_owned(),
@@ -112,6 +115,7 @@ impl KafkaSink {
             born: Instant::now(),
             wake,
             topics,
+            last_error,
         });
         let supervisor = supervisor::spawn(shared.clone(), wakes);
         Ok(Self {
@@ -186,6 +190,14 @@ impl Shared {
         std::mem::replace(&mut *current, Arc::new(next))
     }
 
+    /// `what`, with librdkafka's last error when it reported one (a TLS or login failure).
+    fn unreachable(&self, what: &str) -> String {
+        match self.last_error.lock().ok().and_then(|l| l.clone()) {
+            Some(why) => format!("{what}: {why}"),
+            None => what.to_owned(),
+        }
+    }
+
     fn rebuilding(&self) -> Option<String> {
         self.rebuilding.lock().ok().and_then(|r| r.clone())
     }
@@ -208,7 +220,7 @@ impl Shared {
             return Err(why);
         }
         if !self.reachable.load(Ordering::Relaxed) {
-            return Err("no Kafka broker answered the last probe".into());
+            return Err(self.unreachable("no Kafka broker answered the last probe"));
         }
         Ok(self.current())
     }
@@ -570,7 +582,10 @@ impl Sink for KafkaSink {
         } else if self.shared.reachable.load(Ordering::Relaxed) {
             Readiness::ready("cluster reachable")
         } else {
-            Readiness::not_ready("no Kafka broker answered the last metadata probe")
+            Readiness::not_ready(
+                self.shared
+                    .unreachable("no Kafka broker answered the last metadata probe"),
+            )
         }
     }
 

@@ -121,6 +121,12 @@ pub(super) fn probe(shared: &Shared) -> bool {
     if shared.reachable.swap(ok, Ordering::Relaxed) != ok {
         tracing::info!(sink = %shared.name, reachable = ok, "Kafka cluster reachability changed");
     }
+    if ok {
+        // The next failure is news again, and readiness shows no stale reason.
+        if let Ok(mut last) = shared.last_error.lock() {
+            *last = None;
+        }
+    }
     ok
 }
 
@@ -157,6 +163,7 @@ fn rebuild(
             &shared.name,
             shared.generation() + 1,
             shared.wake.clone(),
+            shared.last_error.clone(),
         ) {
             Ok(g) => break g,
             Err(e) => {
