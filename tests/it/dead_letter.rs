@@ -241,7 +241,9 @@ async fn a_resend_after_a_503_does_not_dead_letter_twice() {
     assert_eq!(r.status, 200, "{:?}", r.json);
     let after = metrics_text(&bridge).await;
     let skips = "c360_ledger_skips_total{sink=\"kafka\"}";
-    assert_eq!(metric(&after, skips) - metric(&before, skips), 1.0);
+    // The metrics recorder is the test process's: other tests' sinks named "kafka" may skip
+    // meanwhile, so at least this batch's one skip (the dead letter's count below is exact).
+    assert!(metric(&after, skips) - metric(&before, skips) >= 1.0);
     assert_eq!(
         payloads(&consume(&kafka(), dead, 1).await),
         [bad.as_bytes()],
