@@ -350,10 +350,17 @@ pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
             .ignore(&["config"])
             .split("__"),
     );
-    let mut config: Config = fig.extract().map_err(|e| ConfigError::Load {
+    let load_error = |e| ConfigError::Load {
         source_name: source_name(file),
         error: Box::new(e),
-    })?;
+    };
+    let tree: figment::value::Value = fig.extract().map_err(load_error)?;
+    let secrets =
+        crate::secrets::resolve(&tree).map_err(|e| invalid(file, e.key.clone(), e.to_string()))?;
+    if let Some(resolved) = secrets {
+        fig = fig.merge(Serialized::globals(resolved));
+    }
+    let mut config: Config = fig.extract().map_err(load_error)?;
     resolve_keys(&mut config, file)?;
     validate(&config, file)?;
     Ok(config)

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod publish;
 pub mod routing;
 pub mod sample;
+pub mod secrets;
 pub mod server;
 pub mod signature;
 pub mod watch;

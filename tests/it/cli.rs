@@ -455,3 +455,46 @@ async fn check_connect_lists_the_missing_topics_and_fails_on_an_unreachable_clus
     assert!(out.contains("kafka: no Kafka broker answered"), "{out}");
     assert!(err.contains("could not connect to kafka"), "{err}");
 }
+
+#[test]
+fn check_resolves_secret_references_and_names_an_unresolved_one_without_its_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("rabbit-password");
+    std::fs::write(&secret, "very-secret-value\n").unwrap();
+    let with_file = GOOD.replace(
+        "amqp://guest:guest@",
+        &format!("amqp://guest:${{file:{}}}@", secret.display()),
+    );
+    assert_ne!(
+        with_file, GOOD,
+        "the fixture has a RabbitMQ URL to put a reference in"
+    );
+    let (_d, path) = write_config(&with_file);
+    let (code, out, err) = run(&["check", "--config", &path], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("very-secret-value") && !err.contains("very-secret-value"));
+
+    let unset = GOOD.replace(
+        "amqp://guest:guest@",
+        "amqp://guest:${env:C360_TEST_UNSET_SECRET}@",
+    );
+    let (_d, path) = write_config(&unset);
+    let (code, _out, err) = run(&["check", "--config", &path], None);
+    assert_eq!(code, 1);
+    assert!(err.contains("sinks.rabbit.url"), "names the key: {err}");
+    assert!(
+        err.contains("${env:C360_TEST_UNSET_SECRET}: the environment variable is not set"),
+        "names the reference: {err}"
+    );
+    let missing = GOOD.replace(
+        "amqp://guest:guest@",
+        "amqp://guest:${file:/nonexistent/c360-pw}@",
+    );
+    let (_d, path) = write_config(&missing);
+    let (code, _out, err) = run(&["check", "--config", &path], None);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("${file:/nonexistent/c360-pw}: cannot read the file"),
+        "{err}"
+    );
+}

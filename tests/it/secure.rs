@@ -319,18 +319,16 @@ async fn scram_sha_256_and_512_log_in_and_a_wrong_password_never_gets_200_nor_re
     ]);
     tansu.restart_with(&["--authentication"]).await;
 
+    let dir = tempfile::tempdir().expect("tempdir");
     for (mechanism, user, password) in [
         ("SCRAM-SHA-256", "alice", "alice-secret-256"),
         ("SCRAM-SHA-512", "bob", "bob-secret-512"),
     ] {
-        let bridge = Bridge::start(&scram_config(
-            &tansu.addr,
-            &topic,
-            mechanism,
-            user,
-            password,
-        ))
-        .await;
+        // The password from a file, as a mounted secret: `${file:PATH}` (one newline dropped).
+        let secret = pem(&dir, user, &format!("{password}\n"));
+        let reference = format!("${{file:{secret}}}");
+        let toml = scram_config(&tansu.addr, &topic, mechanism, user, &reference);
+        let bridge = Bridge::start(&toml).await;
         let e = event("task_created", mechanism);
         let r = post(
             &bridge.url("/hook"),
@@ -353,14 +351,15 @@ async fn scram_sha_256_and_512_log_in_and_a_wrong_password_never_gets_200_nor_re
         bridge.shutdown().await;
     }
 
+    // A wrong password from the environment: `${env:NAME}`.
     let wrong = "not-bobs-password-4711";
-    let dir = tempfile::tempdir().expect("tempdir");
+    let from_env = "${env:C360_TEST_BOB_PASSWORD}";
     let path = pem(
         &dir,
         "bridge.toml",
-        &scram_config(&tansu.addr, &topic, "SCRAM-SHA-512", "bob", wrong),
+        &scram_config(&tansu.addr, &topic, "SCRAM-SHA-512", "bob", from_env),
     );
-    let served = Served::start_unready(&path, &[]);
+    let served = Served::start_unready(&path, &[("C360_TEST_BOB_PASSWORD", wrong)]);
     let mut detail = String::new();
     let listening = Instant::now() + Duration::from_secs(20);
     while reqwest::get(served.url("/healthz")).await.is_err() {
