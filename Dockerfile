@@ -16,10 +16,11 @@
 FROM rust:1-bookworm AS builder
 
 # rdkafka compiles the bundled librdkafka with its own configure script and make (no cmake):
-# it needs make, a C and C++ compiler and zlib's headers. Versions follow the Debian release.
+# it needs make, a C and C++ compiler and zlib's headers; the vendored OpenSSL it links for TLS
+# and SASL is configured by perl. Versions follow the Debian release.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends make gcc g++ pkg-config zlib1g-dev \
+ && apt-get install -y --no-install-recommends make gcc g++ perl pkg-config zlib1g-dev \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
