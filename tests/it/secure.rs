@@ -238,14 +238,6 @@ async fn kafka_mutual_tls_needs_the_client_certificate() {
         "{ca_setting}\"ssl.certificate.location\" = \"{cert}\"\n\"ssl.key.location\" = \"{key}\"\n"
     );
     let bridge = Bridge::start(&tls_config(&bootstrap, &topic, &with_cert)).await;
-    let e = event("task_created", "mtls");
-    let r = post(
-        &bridge.url("/hook"),
-        &batch(std::slice::from_ref(&e)),
-        Some(KEY),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{:?}", r.json);
     let consumer = [
         ("security.protocol", "ssl"),
         ("ssl.ca.location", ca.as_str()),
@@ -253,9 +245,30 @@ async fn kafka_mutual_tls_needs_the_client_certificate() {
         ("ssl.key.location", key.as_str()),
         ("broker.address.family", "v4"),
     ];
-    let got = consume_with(&bootstrap, &topic, 1, &consumer).await;
-    assert_eq!(got.len(), 1);
-    assert_eq!(got[0].payload, e.as_bytes());
+    delivers(&bridge, "mtls", &bootstrap, &topic, &consumer).await;
+}
+
+/// Posts one event `id` and expects 200, then a consumer with `settings` reads it on `topic`.
+async fn delivers(
+    bridge: &Bridge,
+    id: &str,
+    bootstrap: &str,
+    topic: &str,
+    settings: &[(&str, &str)],
+) {
+    let e = event("task_created", id);
+    let r = post(
+        &bridge.url("/hook"),
+        &batch(std::slice::from_ref(&e)),
+        Some(KEY),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{id}: {:?}", r.json);
+    let got = consume_with(bootstrap, topic, 1, settings).await;
+    assert!(
+        got.iter().any(|r| r.payload == e.as_bytes()),
+        "{id}: the event is on the topic"
+    );
 }
 
 /// Runs the tansu binary's `ARGS` (a `user create` or `topic create`) against `addr`.
@@ -329,25 +342,13 @@ async fn scram_sha_256_and_512_log_in_and_a_wrong_password_never_gets_200_nor_re
         let reference = format!("${{file:{secret}}}");
         let toml = scram_config(&tansu.addr, &topic, mechanism, user, &reference);
         let bridge = Bridge::start(&toml).await;
-        let e = event("task_created", mechanism);
-        let r = post(
-            &bridge.url("/hook"),
-            &batch(std::slice::from_ref(&e)),
-            Some(KEY),
-        )
-        .await;
-        assert_eq!(r.status, 200, "{mechanism}: {:?}", r.json);
         let login = [
             ("security.protocol", "sasl_plaintext"),
             ("sasl.mechanisms", mechanism),
             ("sasl.username", user),
             ("sasl.password", password),
         ];
-        let got = consume_with(&tansu.addr, &topic, 1, &login).await;
-        assert!(
-            got.iter().any(|r| r.payload == e.as_bytes()),
-            "{mechanism}: the event is on the topic"
-        );
+        delivers(&bridge, mechanism, &tansu.addr, &topic, &login).await;
         bridge.shutdown().await;
     }
 
