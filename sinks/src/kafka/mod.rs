@@ -455,37 +455,39 @@ impl Shared {
 /// Whether `msg` may go to the producer, by what is known of its topic.
 fn admissible(msg: &Message, known: Option<&Known>, cloudevents: bool) -> Result<(), SinkError> {
     match known {
-        Some(Known::Refused { why, .. }) => Err(why.error(&msg.destination)),
+        Some(Known::Refused { why }) => Err(why.error(&msg.destination)),
         Some(Known::Exists {
             max_bytes: Some(limit),
-        }) => {
-            let size = record_bytes(msg, cloudevents);
-            if size > *limit {
-                return Err(SinkError::Permanent(
-                    Permanence::TooLarge,
-                    format!(
-                        "record of {size} bytes over topic {:?}'s max.message.bytes ({limit})",
-                        msg.destination
-                    ),
-                ));
-            }
-            Ok(())
-        }
+        }) => match record_bytes(msg, cloudevents) {
+            size if size > *limit => Err(over_limit(msg, size, *limit, "")),
+            _ => Ok(()),
+        },
         _ => Ok(()),
     }
 }
 
 /// The record's size on the wire before compression (see `topics::record_size`).
 fn record_bytes(msg: &Message, cloudevents: bool) -> usize {
-    let headers: Vec<(usize, usize)> = msg
+    let headers = msg
         .headers(&cloudevents::KAFKA, cloudevents)
         .map(|(k, v)| (k.len(), v.len()))
-        .chain([("content-type".len(), CONTENT_TYPE.len())])
-        .collect();
+        .chain([("content-type".len(), CONTENT_TYPE.len())]);
     topics::record_size(
         msg.body.len(),
         msg.key.as_ref().map_or(0, |k| k.len()),
-        &headers,
+        headers,
+    )
+}
+
+/// The permanent failure of a record of `size` bytes over its topic's `limit`, after `cause`
+/// (the broker's words, when it refused it).
+fn over_limit(msg: &Message, size: usize, limit: usize, cause: &str) -> SinkError {
+    SinkError::Permanent(
+        Permanence::TooLarge,
+        format!(
+            "{cause}record of {size} bytes over topic {:?}'s max.message.bytes ({limit})",
+            msg.destination
+        ),
     )
 }
 
@@ -495,10 +497,7 @@ fn record_bytes(msg: &Message, cloudevents: bool) -> usize {
 fn too_large(msg: &Message, limit: Option<usize>, cloudevents: bool, e: KafkaError) -> SinkError {
     let size = record_bytes(msg, cloudevents);
     match limit {
-        Some(limit) if size > limit => SinkError::Permanent(
-            Permanence::TooLarge,
-            format!("{e}: record of {size} bytes over the topic's max.message.bytes ({limit})"),
-        ),
+        Some(limit) if size > limit => over_limit(msg, size, limit, &format!("{e}: ")),
         Some(limit) => SinkError::Refused(format!(
             "{e}: the broker refused the record batch this event travelled in; the event itself fits ({size} of {limit} bytes)"
         )),

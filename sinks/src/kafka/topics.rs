@@ -48,7 +48,8 @@ impl CreateTopics {
     }
 }
 
-/// How long the cluster's word that a topic is missing is believed before asking again.
+/// How long an answer other than "it exists" (missing, refused, no answer) is believed before
+/// the cluster is asked again.
 const MISSING_FOR: Duration = Duration::from_secs(1);
 /// How long one metadata or admin request may take; past it the topic counts as unknown and
 /// its messages go to the producer as usual.
@@ -74,7 +75,7 @@ pub(super) enum Known {
     /// It exists; `max_bytes` is its `max.message.bytes` when the cluster told.
     Exists { max_bytes: Option<usize> },
     /// It does not exist, or this client may not write it: its events fail with this.
-    Refused { why: Refusal, at: Instant },
+    Refused { why: Refusal },
     /// The cluster did not answer in time: publish and let the producer decide.
     Unknown,
 }
@@ -107,6 +108,8 @@ impl Refusal {
 #[derive(Default)]
 struct Slot {
     known: Option<Known>,
+    /// When the cluster was last asked.
+    asked: Option<Instant>,
     logged: Option<Instant>,
 }
 
@@ -141,6 +144,9 @@ impl Topics {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
         };
+        if let Some(slot) = slots.get(topic) {
+            return slot.clone();
+        }
         slots.entry(topic.to_owned()).or_default().clone()
     }
 
@@ -151,13 +157,14 @@ impl Topics {
         let mut slot = slot.lock().await;
         let fresh = match &slot.known {
             Some(Known::Exists { .. }) => true,
-            Some(Known::Refused { at, .. }) => at.elapsed() < MISSING_FOR,
-            Some(Known::Unknown) | None => false,
+            Some(_) => slot.asked.is_some_and(|at| at.elapsed() < MISSING_FOR),
+            None => false,
         };
         if !fresh {
             let known = self.ask(topic).await;
             self.log(topic, &known, &mut slot);
             slot.known = Some(known);
+            slot.asked = Some(Instant::now());
         }
         slot.known.clone().unwrap_or(Known::Unknown)
     }
@@ -175,10 +182,7 @@ impl Topics {
                 max_bytes: self.max_bytes(topic).await,
             },
             Some(Err(Refusal::Missing)) if self.create.is_some() => self.create(topic).await,
-            Some(Err(why)) => Known::Refused {
-                why,
-                at: Instant::now(),
-            },
+            Some(Err(why)) => Known::Refused { why },
             None => Known::Unknown,
         }
     }
@@ -236,7 +240,6 @@ impl Topics {
         let opts = AdminOptions::new().operation_timeout(Some(ASK_TIMEOUT));
         let refused = |why: String| Known::Refused {
             why: Refusal::CreationRefused(why),
-            at: Instant::now(),
         };
         match self.admin.create_topics(&[new], &opts).await {
             Ok(results) => match results.into_iter().next() {
@@ -285,6 +288,10 @@ impl Topics {
 /// The size librdkafka gives the record on the wire before compression: body, key, headers and
 /// the record batch's framing (61 bytes of batch header, up to 21 of record header, and up to 10
 /// per header).
-pub(super) fn record_size(body: usize, key: usize, headers: &[(usize, usize)]) -> usize {
-    61 + 21 + body + key + headers.iter().map(|(k, v)| k + v + 10).sum::<usize>()
+pub(super) fn record_size(
+    body: usize,
+    key: usize,
+    headers: impl IntoIterator<Item = (usize, usize)>,
+) -> usize {
+    61 + 21 + body + key + headers.into_iter().map(|(k, v)| k + v + 10).sum::<usize>()
 }

@@ -261,22 +261,30 @@ impl Collector {
     /// the returns of confirms that were dropped unawaited; they are harvested too.
     fn frames_done(&mut self, cx: &mut Context<'_>) {
         let mut wait = Box::pin(self.channel.wait_for_confirms());
-        if let Poll::Ready(Ok(stray)) = wait.as_mut().poll(cx) {
-            for ret in stray {
-                *self.returned.entry(Identity::of_return(&ret)).or_default() += 1;
-            }
+        let stray = match wait.as_mut().poll(cx) {
+            Poll::Ready(Ok(stray)) => stray,
+            _ => Vec::new(),
+        };
+        drop(wait);
+        for ret in &stray {
+            self.book(ret);
         }
+    }
+
+    /// Counts a returned message against the identity it names.
+    fn book(&mut self, ret: &lapin::message::BasicReturnMessage) {
+        *self.returned.entry(Identity::of_return(ret)).or_default() += 1;
     }
 
     /// Keeps a completed confirm for decision, taking out the return it carries (whosever it is).
     fn complete(&mut self, entry: Entry, result: Result<Confirmation, lapin::Error>) {
         let result = result.map(|c| match c {
             Confirmation::Ack(Some(ret)) => {
-                *self.returned.entry(Identity::of_return(&ret)).or_default() += 1;
+                self.book(&ret);
                 Confirmation::Ack(None)
             }
             Confirmation::Nack(Some(ret)) => {
-                *self.returned.entry(Identity::of_return(&ret)).or_default() += 1;
+                self.book(&ret);
                 Confirmation::Nack(None)
             }
             other => other,
@@ -354,23 +362,24 @@ impl Collector {
     ) -> Outcome {
         let returned = self.take_return(identity);
         match result {
-            Ok(Confirmation::Ack(_)) => match returned {
-                Some(()) => Outcome::Returned,
-                None => Outcome::Confirmed,
-            },
+            Ok(Confirmation::Ack(_)) if returned => Outcome::Returned,
+            Ok(Confirmation::Ack(_)) => Outcome::Confirmed,
             Ok(Confirmation::Nack(_)) => Outcome::Nacked,
             Ok(Confirmation::NotRequested) => Outcome::NotRequested,
             Err(e) => Outcome::Failed(e),
         }
     }
 
-    fn take_return(&mut self, identity: &Identity) -> Option<()> {
-        let n = self.returned.get_mut(identity)?;
+    /// Takes one return booked against `identity`; whether there was one.
+    fn take_return(&mut self, identity: &Identity) -> bool {
+        let Some(n) = self.returned.get_mut(identity) else {
+            return false;
+        };
         *n -= 1;
         if *n == 0 {
             self.returned.remove(identity);
         }
-        Some(())
+        true
     }
 }
 
