@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs (once, cached) and starts the brokers the tests and benchmarks use, on 127.0.0.1:
-#   RabbitMQ (Debian's rabbitmq-server) on 5672, tansu 0.6.0 (Kafka protocol) on 9092,
+#   RabbitMQ (Debian's rabbitmq-server) on 5672 and, over TLS, on 5671 (a CA, server and client
+#   certificate made here with openssl, in $STATE/rabbitmq-tls; EXTERNAL login for the client
+#   certificate's user c360-bridge), tansu 0.6.0 (Kafka protocol) on 9092,
 #   Redis (Debian's redis-server, for the shared retry ledger) on 6379.
 # Usage: scripts/brokers.sh start|stop|status|restart-kafka.  Idempotent: a running broker is left alone.
 set -euo pipefail
@@ -42,18 +44,75 @@ await_rabbitmq() { # seconds
   rabbitmqctl -q await_startup --timeout 5 >&2 # one last try, whose diagnostics reach the log
 }
 
+RABBIT_TLS="$STATE/rabbitmq-tls"
+
+# A CA, a server certificate for localhost/127.0.0.1 and a client certificate whose common name
+# is the RabbitMQ user c360-bridge, once. Readable by the rabbitmq user (test material only).
+make_rabbitmq_pki() {
+  [ -s "$RABBIT_TLS/client.ext" ] && return 0
+  command -v openssl >/dev/null || apt_install openssl
+  mkdir -p "$RABBIT_TLS"
+  local d="$RABBIT_TLS"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=c360-bridge test CA" \
+    -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout "$d/server.key" -out "$d/server.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$d/server.ext"
+  openssl x509 -req -in "$d/server.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial -days 3650 \
+    -extfile "$d/server.ext" -out "$d/server.pem" 2>/dev/null
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=c360-bridge" -keyout "$d/client.key" -out "$d/client.csr" 2>/dev/null
+  printf 'extendedKeyUsage=clientAuth\n' >"$d/client.ext" # X.509 v3, as rustls requires
+  openssl x509 -req -in "$d/client.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial -days 3650 \
+    -extfile "$d/client.ext" -out "$d/client.pem" 2>/dev/null
+  chmod 755 "$d"; chmod 644 "$d"/*
+}
+
+# The node's configuration: the plain listener, a TLS listener that asks for (but does not require)
+# a client certificate, and EXTERNAL beside PLAIN (the user is the certificate's common name).
+write_rabbitmq_conf() {
+  cat >"$RABBIT_TLS/rabbitmq.conf" <<CONF
+listeners.tcp.default = 5672
+listeners.ssl.default = 5671
+ssl_options.cacertfile = $RABBIT_TLS/ca.pem
+ssl_options.certfile = $RABBIT_TLS/server.pem
+ssl_options.keyfile = $RABBIT_TLS/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = false
+auth_mechanisms.1 = PLAIN
+auth_mechanisms.2 = AMQPLAIN
+auth_mechanisms.3 = EXTERNAL
+ssl_cert_login_from = common_name
+CONF
+  chmod 644 "$RABBIT_TLS/rabbitmq.conf"
+}
+
 start_rabbitmq() {
   if ! command -v rabbitmq-server >/dev/null; then
     log "installing rabbitmq-server (Debian)"
     apt_install rabbitmq-server
   fi
+  local new_pki=no
+  [ -s "$RABBIT_TLS/client.ext" ] || new_pki=yes
+  make_rabbitmq_pki
+  write_rabbitmq_conf
+  if port_open 5672 && { ! port_open 5671 || [ "$new_pki" = yes ]; }; then
+    log "RabbitMQ runs without this TLS listener: restarting it with $RABBIT_TLS/rabbitmq.conf"
+    rabbitmqctl -q stop >/dev/null 2>&1 || true
+    for _ in $(seq 1 100); do port_open 5672 || break; sleep 0.2; done
+  fi
   if ! port_open 5672; then
     log "starting RabbitMQ"
-    rabbitmq-server -detached >&2 2>&1 || true
+    rabbitmq-plugins -q enable --offline rabbitmq_auth_mechanism_ssl >/dev/null
+    RABBITMQ_CONFIG_FILE="$RABBIT_TLS/rabbitmq.conf" rabbitmq-server -detached >&2 2>&1 || true
   fi
   await_rabbitmq 120 || { log "RabbitMQ did not start; see /var/log/rabbitmq/"; exit 1; }
   wait_port 5672 60 || { log "RabbitMQ did not open 5672"; exit 1; }
-  log "RabbitMQ ready on 127.0.0.1:5672"
+  wait_port 5671 30 || { log "RabbitMQ did not open its TLS port 5671; see /var/log/rabbitmq/"; exit 1; }
+  # The client certificate's user, for EXTERNAL login (its password is never used).
+  if ! rabbitmqctl -q list_users 2>/dev/null | grep -q '^c360-bridge\b'; then
+    rabbitmqctl -q add_user c360-bridge "$(openssl rand -hex 16)" >/dev/null
+    rabbitmqctl -q set_permissions -p / c360-bridge '.*' '.*' '.*' >/dev/null
+  fi
+  log "RabbitMQ ready on 127.0.0.1:5672 and, over TLS, 5671 (CA and client certificate in $RABBIT_TLS)"
 }
 
 # Debian's redis-server (redis-cli comes with it); no persistence: the ledger is an optimisation.
@@ -107,7 +166,8 @@ stop_tansu() {
 }
 
 case "${1:-start}" in
-  start) start_rabbitmq; start_redis; start_tansu; printf 'C360_TANSU_BIN=%q\n' "$STATE/tansu" ;;
+  start) start_rabbitmq; start_redis; start_tansu
+         printf 'C360_TANSU_BIN=%q\nC360_RABBITMQ_TLS=%q\n' "$STATE/tansu" "$RABBIT_TLS" ;;
   # An empty tansu (memory storage keeps everything it was sent; benchmarks want a fresh one).
   restart-kafka) stop_tansu; start_tansu ;;
   stop)

@@ -22,5 +22,5 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 # A separate assignment, so that `set -e` stops here when a broker cannot start.
 brokers_env=$(scripts/brokers.sh start)
 eval "$brokers_env"
-export C360_TANSU_BIN C360_CONSUMER_PYTHON C360_ASYNCAPI_NODE_MODULES
+export C360_TANSU_BIN C360_RABBITMQ_TLS C360_CONSUMER_PYTHON C360_ASYNCAPI_NODE_MODULES
 cargo test --workspace --locked "$@"

@@ -35,7 +35,8 @@ enum Command {
     Check {
         #[arg(long, env = "C360_BRIDGE_CONFIG")]
         config: PathBuf,
-        /// Also connect to every Kafka sink (publishing nothing) and list missing topics.
+        /// Also connect to every sink and the Redis ledger (publishing nothing) and list missing
+        /// Kafka topics.
         #[arg(long)]
         connect: bool,
     },
@@ -207,16 +208,17 @@ fn check(file: &Path, connect: bool) -> Result<()> {
     Ok(())
 }
 
-/// `check --connect`: one line per Kafka sink, its missing topics; an error when one failed.
+/// `check --connect`: one line per sink and the ledger, with what answered or why nothing did,
+/// and the missing Kafka topics; an error when any failed.
 fn print_connect(config: &config::Config, routes: &routing::Routes) -> Result<()> {
     let mut failed = Vec::new();
-    for r in c360_bridge::connect::kafka_sinks(config, routes) {
-        match &r.failure {
-            Some(why) => {
-                println!("{}: {why}", r.sink);
-                failed.push(r.sink.clone());
+    for r in c360_bridge::connect::everything(config, routes) {
+        match &r.outcome {
+            Ok(what) => println!("{}: ok ({what})", r.name),
+            Err(why) => {
+                println!("{}: {why}", r.name);
+                failed.push(r.name.clone());
             }
-            None => println!("{}: ok", r.sink),
         }
         for topic in &r.missing {
             println!("  missing topic: {topic}");

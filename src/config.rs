@@ -157,6 +157,24 @@ pub struct LedgerConfig {
     /// Redis backend: bound of one ledger round trip (connecting included).
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Redis backend, `rediss://`: `[ledger.tls]` CA and client certificate (PEM files).
+    pub tls: LedgerTls,
+}
+
+/// `[ledger.tls]`: the CA to verify Redis with (the system's CAs when unset) and an optional
+/// client certificate; read at start-up.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerTls {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+impl LedgerTls {
+    fn is_set(&self) -> bool {
+        self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some()
+    }
 }
 
 impl Default for LedgerConfig {
@@ -170,6 +188,7 @@ impl Default for LedgerConfig {
             cluster: false,
             key_prefix: "c360:ledger:".into(),
             timeout: Duration::from_millis(100),
+            tls: LedgerTls::default(),
         }
     }
 }
@@ -449,6 +468,12 @@ fn ledger_problem(l: &LedgerConfig, ack_timeout: Duration) -> Option<(&'static s
     }
     if let Err(e) = redis::IntoConnectionInfo::into_connection_info(l.url.as_str()) {
         return Some(("url", format!("not a Redis URL ({:?})", e.kind())));
+    }
+    if l.tls.is_set() && !l.url.starts_with("rediss://") {
+        return Some(("tls", "needs a rediss:// url".into()));
+    }
+    if l.tls.cert_file.is_some() != l.tls.key_file.is_some() {
+        return Some(("tls", "cert_file and key_file go together".into()));
     }
     None
 }

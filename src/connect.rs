@@ -1,61 +1,85 @@
-//! `check --connect`: what the configured Kafka clusters say of a configuration (reachable, and
-//! which topics its routes name for the known event classes are missing), publishing nothing.
+//! `check --connect`: every sink and the Redis ledger reached with the real credentials, what
+//! each says (or why it failed), and the Kafka topics the routes name that are missing;
+//! nothing is published.
 
-use crate::config::{Config, SinkConfig};
+use crate::config::{Config, LedgerBackend, SinkConfig};
 use crate::routing::{KNOWN_EVENT_CLASSES, Routes};
 use crate::sample;
-use c360_sinks::kafka::KafkaSink;
+use c360_sinks::kafka::{KafkaConfig, KafkaSink};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-/// How long each cluster may take to answer.
+/// How long each sink may take to answer.
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 
-/// One sink's line of the report.
+/// One line of the report: a sink, or the ledger.
 #[derive(Debug, PartialEq, Eq)]
-pub struct SinkReport {
-    pub sink: String,
-    /// `None` when the cluster answered; else why not.
-    pub failure: Option<String>,
-    /// Topics the routes name for the known classes that the cluster does not have.
+pub struct Report {
+    /// The sink's name, or `ledger`.
+    pub name: String,
+    /// What answered (`3 brokers, TLS, SCRAM-SHA-512`), or why nothing did.
+    pub outcome: Result<String, String>,
+    /// Topics the routes name for the known classes that the Kafka cluster does not have.
     pub missing: Vec<String>,
 }
 
-/// Connects to every Kafka sink of `config` (blocking) and reports on each.
-pub fn kafka_sinks(config: &Config, routes: &Routes) -> Vec<SinkReport> {
-    config
+/// Connects to every sink and the Redis ledger of `config` (blocking) and reports on each.
+pub fn everything(config: &Config, routes: &Routes) -> Vec<Report> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let mut reports: Vec<Report> = config
         .sinks
         .iter()
-        .filter_map(|(name, sink)| match sink {
-            SinkConfig::Kafka(k) => Some(kafka_sink(config, routes, name, k)),
-            SinkConfig::Rabbitmq(_) => None,
+        .map(|(name, sink)| match (sink, &runtime) {
+            (SinkConfig::Kafka(k), _) => kafka_sink(config, routes, name, k),
+            (SinkConfig::Rabbitmq(r), Ok(rt)) => report(
+                name,
+                rt.block_on(c360_sinks::rabbitmq::probe(name, r, ANSWER_WITHIN)),
+            ),
+            (SinkConfig::Rabbitmq(_), Err(e)) => report(name, Err(format!("no runtime: {e}"))),
         })
-        .collect()
+        .collect();
+    if config.ledger.backend == LedgerBackend::Redis {
+        let outcome = match &runtime {
+            Ok(rt) => rt.block_on(crate::ledger::redis::probe(&config.ledger, ANSWER_WITHIN)),
+            Err(e) => Err(format!("no runtime: {e}")),
+        };
+        reports.push(report("ledger", outcome));
+    }
+    reports
 }
 
-fn kafka_sink(
-    config: &Config,
-    routes: &Routes,
-    name: &str,
-    cfg: &c360_sinks::kafka::KafkaConfig,
-) -> SinkReport {
-    let report = |failure: Option<String>, missing| SinkReport {
-        sink: name.to_owned(),
-        failure,
-        missing,
-    };
+fn report(name: &str, outcome: Result<String, String>) -> Report {
+    Report {
+        name: name.to_owned(),
+        outcome,
+        missing: Vec::new(),
+    }
+}
+
+fn kafka_sink(config: &Config, routes: &Routes, name: &str, cfg: &KafkaConfig) -> Report {
     let sink = match KafkaSink::new(name, cfg, ANSWER_WITHIN) {
         Ok(s) => s,
-        Err(e) => return report(Some(e.to_string()), Vec::new()),
+        Err(e) => return report(name, Err(e.to_string())),
     };
-    if !sink.probe_now(ANSWER_WITHIN) {
-        return report(Some("no Kafka broker answered".into()), Vec::new());
-    }
+    let brokers = match sink.probe_now(ANSWER_WITHIN) {
+        Ok(n) => n,
+        Err(why) => return report(name, Err(why)),
+    };
     let missing = topics_of(config, routes, name)
         .into_iter()
         .filter(|t| sink.knows_topic(t, ANSWER_WITHIN) == Some(false))
         .collect();
-    report(None, missing)
+    let plural = if brokers == 1 { "" } else { "s" };
+    Report {
+        name: name.to_owned(),
+        outcome: Ok(format!(
+            "{brokers} broker{plural}, {}",
+            cfg.describe_security()
+        )),
+        missing,
+    }
 }
 
 /// The topics routes give the known event classes on sink `name`, for every webhook.

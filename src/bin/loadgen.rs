@@ -164,11 +164,9 @@ async fn direct_kafka(
         create_topics: None,
     };
     let sink = KafkaSink::new("kafka", &cfg, Duration::from_secs(15))?;
-    anyhow::ensure!(
-        sink.probe_now(Duration::from_secs(5)),
-        "no Kafka broker answered at {}",
-        cfg.bootstrap_servers
-    );
+    if let Err(why) = sink.probe_now(Duration::from_secs(5)) {
+        anyhow::bail!("{why} (at {})", cfg.bootstrap_servers);
+    }
     direct(Arc::new(sink), format!("{prefix}."), key, load).await
 }
 

@@ -21,21 +21,33 @@
 //! at once over each node's multiplexed connection (still one round trip in time).
 
 use super::{Health, Pair};
-use crate::config::LedgerConfig;
+use crate::config::{LedgerConfig, LedgerTls};
 use crate::metrics as m;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use redis::{ClientTlsConfig, TlsCertificates};
 use std::ops::RangeInclusive;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::OnceCell;
 
-/// Why the Redis ledger cannot be set up (a URL the client refuses).
+/// Why the Redis ledger cannot be set up: a URL the client refuses, or its TLS files.
 #[derive(Debug, thiserror::Error)]
-#[error("ledger.url: {0}")]
-pub struct RedisSetupError(#[source] redis::RedisError);
+pub enum RedisSetupError {
+    #[error("ledger.url: {0}")]
+    Url(#[source] redis::RedisError),
+    #[error("ledger.tls.{key}: cannot read {path}: {source}")]
+    TlsFile {
+        key: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("ledger.tls: {0}")]
+    Tls(#[source] redis::RedisError),
+}
 
 /// A failed ledger round trip.
 #[derive(Debug, thiserror::Error)]
@@ -368,21 +380,40 @@ impl RedisLedger {
 }
 
 impl Conn {
+    async fn ping(&self) -> Result<(), redis::RedisError> {
+        let ping = redis::cmd("PING");
+        match self {
+            Conn::Single(m) => ping.query_async::<String>(&mut m.clone()).await.map(drop),
+            Conn::Cluster(c) => ping
+                .query_async::<String>(&mut c.get().await?)
+                .await
+                .map(drop),
+        }
+    }
+
     fn new(config: &LedgerConfig) -> Result<Self, RedisSetupError> {
         let t = config.timeout;
         Ok(if config.cluster {
-            let client = ClusterClient::builder(vec![config.url.as_str()])
+            let mut builder = ClusterClient::builder(vec![config.url.as_str()]);
+            if let Some(certs) = certificates(&config.tls)? {
+                builder = builder.certs(certs);
+            }
+            let client = builder
                 .connection_timeout(t)
                 .response_timeout(t)
                 .retries(1)
                 .build()
-                .map_err(RedisSetupError)?;
+                .map_err(RedisSetupError::Url)?;
             Conn::Cluster(Box::new(Cluster {
                 client,
                 conn: OnceCell::new(),
             }))
         } else {
-            let client = redis::Client::open(config.url.as_str()).map_err(RedisSetupError)?;
+            let client = match certificates(&config.tls)? {
+                Some(certs) => redis::Client::build_with_tls(config.url.as_str(), certs)
+                    .map_err(RedisSetupError::Tls)?,
+                None => redis::Client::open(config.url.as_str()).map_err(RedisSetupError::Url)?,
+            };
             let settings = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(t))
                 .set_response_timeout(Some(t))
@@ -390,10 +421,76 @@ impl Conn {
                 .set_max_delay(Duration::from_secs(1));
             Conn::Single(
                 ConnectionManager::new_lazy_with_config(client, settings)
-                    .map_err(RedisSetupError)?,
+                    .map_err(RedisSetupError::Url)?,
             )
         })
     }
+}
+
+/// Connects to the configured Redis once and asks `PING` (what `check --connect` does): the
+/// transport on success, else why not (`tls: …`, `authentication failed: …`).
+pub async fn probe(config: &LedgerConfig, within: Duration) -> Result<String, String> {
+    let config = LedgerConfig {
+        timeout: within,
+        ..config.clone()
+    };
+    let conn = Conn::new(&config).map_err(|e| e.to_string())?;
+    let tls = config.url.starts_with("rediss://");
+    match tokio::time::timeout(within, conn.ping()).await {
+        Ok(Ok(())) => Ok(describe_security(&config)),
+        Ok(Err(e)) if e.kind() == redis::ErrorKind::AuthenticationFailed => {
+            Err(format!("authentication failed: {e}"))
+        }
+        Ok(Err(e)) if tls && e.is_io_error() => Err(format!("tls or network: {e}")),
+        Ok(Err(e)) => Err(format!("cannot connect: {e}")),
+        Err(_) => Err(format!("cannot connect: no answer within {within:?}")),
+    }
+}
+
+fn describe_security(config: &LedgerConfig) -> String {
+    let transport = match (config.url.starts_with("rediss://"), &config.tls.cert_file) {
+        (true, Some(_)) => "mutual TLS",
+        (true, None) => "TLS",
+        (false, _) => "plaintext",
+    };
+    let shape = if config.cluster {
+        "cluster"
+    } else {
+        "one server"
+    };
+    format!("redis, {shape}, {transport}")
+}
+
+/// The `[ledger.tls]` files as the Redis client takes them, or `None` when none is set (then a
+/// `rediss://` URL is verified against the system's CAs).
+fn certificates(tls: &LedgerTls) -> Result<Option<TlsCertificates>, RedisSetupError> {
+    if tls.ca_file.is_none() && tls.cert_file.is_none() {
+        return Ok(None);
+    }
+    let root_cert = tls
+        .ca_file
+        .as_deref()
+        .map(|p| read("ca_file", p))
+        .transpose()?;
+    let client_tls = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => Some(ClientTlsConfig {
+            client_cert: read("cert_file", cert)?,
+            client_key: read("key_file", key)?,
+        }),
+        _ => None,
+    };
+    Ok(Some(TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
+}
+
+fn read(key: &'static str, path: &std::path::Path) -> Result<Vec<u8>, RedisSetupError> {
+    std::fs::read(path).map_err(|source| RedisSetupError::TlsFile {
+        key,
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// Warns when Redis frees expired keys in its main thread (`lazyfree-lazy-expire no`, the

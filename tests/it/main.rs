@@ -21,5 +21,6 @@ mod rabbit;
 mod redis_server;
 mod replicas;
 mod secure;
+mod secure_rabbit;
 mod tansu;
 mod topics;

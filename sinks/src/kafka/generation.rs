@@ -71,9 +71,25 @@ impl ClientContext for Context {
         } else if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             // A summary ("1/1 brokers are down") that would hide the cause reported before it.
             tracing::debug!(sink = %self.sink, "librdkafka: {reason}");
-        } else if self.note(reason) {
-            tracing::warn!(sink = %self.sink, generation = self.generation, error = %error, "librdkafka: {reason}");
+        } else {
+            let reason = worded(&error, reason);
+            if self.note(&reason) {
+                tracing::warn!(sink = %self.sink, generation = self.generation, error = %error, "librdkafka: {reason}");
+            }
         }
+    }
+}
+
+/// librdkafka's reason as `/readyz` words it: `tls: …` for a failed handshake (unknown CA,
+/// host-name mismatch, expired or missing certificate), `authentication failed: …` for a
+/// refused login, the reason itself otherwise.
+fn worded(error: &KafkaError, reason: &str) -> String {
+    match error.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::SSL) => format!("tls: {reason}"),
+        Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) => {
+            format!("authentication failed: {reason}")
+        }
+        _ => reason.to_owned(),
     }
 }
 

@@ -43,6 +43,36 @@ pub struct KafkaConfig {
 /// Settings the delivery guarantee depends on: the operator may not override them.
 const PINNED: [(&str, &str); 2] = [("enable.idempotence", "true"), ("acks", "all")];
 
+impl KafkaConfig {
+    /// The transport and login of the librdkafka table, as `check --connect` prints them:
+    /// `TLS, SCRAM-SHA-512`, `mutual TLS`, `plaintext`.
+    pub fn describe_security(&self) -> String {
+        let get = |k: &str| self.librdkafka.get(k).map(|v| v.to_ascii_lowercase());
+        let protocol = get("security.protocol").unwrap_or_else(|| "plaintext".into());
+        let client_cert = [
+            "ssl.certificate.location",
+            "ssl.certificate.pem",
+            "ssl.keystore.location",
+        ]
+        .iter()
+        .any(|k| self.librdkafka.contains_key(*k));
+        let transport = match (protocol.ends_with("ssl"), client_cert) {
+            (true, true) => "mutual TLS",
+            (true, false) => "TLS",
+            _ => "plaintext",
+        };
+        if !protocol.starts_with("sasl") {
+            return transport.to_owned();
+        }
+        let mechanism = self
+            .librdkafka
+            .get("sasl.mechanisms")
+            .or_else(|| self.librdkafka.get("sasl.mechanism"))
+            .map_or("GSSAPI", String::as_str);
+        format!("{transport}, {mechanism}")
+    }
+}
+
 /// Why a Kafka sink could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum KafkaSetupError {
@@ -147,16 +177,19 @@ impl KafkaSink {
         Some(found)
     }
 
-    /// Blocks (up to `timeout`) until the cluster has answered a metadata request.
-    pub fn probe_now(&self, timeout: Duration) -> bool {
+    /// Blocks (up to `timeout`) until the cluster has answered a metadata request: the number
+    /// of brokers it named, or why no broker answered (`tls: …`, `authentication failed: …`).
+    pub fn probe_now(&self, timeout: Duration) -> Result<usize, String> {
         let until = Instant::now() + timeout;
         while !supervisor::probe(&self.shared) {
             if Instant::now() >= until {
-                return false;
+                return Err(self.shared.unreachable("no Kafka broker answered"));
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        true
+        let current = self.shared.current();
+        let md = current.producer.client().fetch_metadata(None, timeout);
+        Ok(md.map(|m| m.brokers().len()).unwrap_or(0))
     }
 }
 

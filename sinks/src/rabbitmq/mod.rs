@@ -1,6 +1,9 @@
 //! The RabbitMQ sink: persistent messages with publisher confirms and `mandatory`, reconnecting.
 
 mod confirms;
+mod tls;
+
+pub use tls::RabbitTls;
 
 use crate::cloudevents;
 use crate::message::CONTENT_TYPE;
@@ -9,8 +12,8 @@ use async_trait::async_trait;
 use confirms::{Confirms, Identity, Outcome};
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::uri::AMQPUri;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::uri::{AMQPScheme, AMQPUri, SASLMechanism};
+use lapin::{BasicProperties, Channel, Connect, Connection, ConnectionProperties, ExchangeKind};
 use serde::Deserialize;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -21,8 +24,15 @@ use std::time::Duration;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RabbitConfig {
-    /// AMQP URI, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    /// AMQP URI, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`, or `amqps://…` for TLS.
     pub url: String,
+    /// `[sinks.NAME.tls]`: CA and client certificate for an `amqps://` URL.
+    #[serde(default)]
+    pub tls: RabbitTls,
+    /// `plain` (the default), `amqplain`, or `external`: log in as the client certificate's
+    /// subject (RabbitMQ's `rabbitmq_auth_mechanism_ssl`).
+    #[serde(default)]
+    pub auth_mechanism: Option<String>,
     /// Exchange every message is published to.
     #[serde(default = "default_exchange")]
     pub exchange: String,
@@ -64,11 +74,45 @@ impl RabbitConfig {
         self.exchange_kind().map(|_| ())
     }
 
-    /// The parsed URL, with the bridge's heartbeat when the URL sets none.
+    /// The parsed URL, with the bridge's heartbeat when the URL sets none and the configured
+    /// login mechanism; TLS settings only with `amqps://`, and EXTERNAL only with a certificate.
     fn uri(&self) -> Result<AMQPUri, RabbitSetupError> {
         let mut uri = AMQPUri::from_str(&self.url).map_err(RabbitSetupError::Url)?;
         uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_SECS);
+        if let Some(m) = &self.auth_mechanism {
+            let m = SASLMechanism::from_str(m)
+                .map_err(|_| RabbitSetupError::AuthMechanism(m.clone()))?;
+            uri.query.auth_mechanism = Some(m);
+        }
+        let tls = uri.scheme == AMQPScheme::AMQPS;
+        let t = &self.tls;
+        if !tls && (t.ca_file.is_some() || t.cert_file.is_some() || t.key_file.is_some()) {
+            return Err(RabbitSetupError::Tls("tls.* needs an amqps:// url"));
+        }
+        if t.cert_file.is_some() != t.key_file.is_some() {
+            return Err(RabbitSetupError::Tls(
+                "tls.cert_file and tls.key_file go together",
+            ));
+        }
+        if uri.query.auth_mechanism == Some(SASLMechanism::External) && !t.has_client_cert() {
+            return Err(RabbitSetupError::Tls(
+                "auth_mechanism = \"external\" needs tls.cert_file and tls.key_file",
+            ));
+        }
         Ok(uri)
+    }
+
+    /// What `check --connect` prints after `ok`: the transport and the login mechanism.
+    pub fn describe_security(&self) -> String {
+        let uri = self.uri().ok();
+        let tls = uri.as_ref().is_some_and(|u| u.scheme == AMQPScheme::AMQPS);
+        let mechanism = uri.and_then(|u| u.query.auth_mechanism).unwrap_or_default();
+        let transport = match (tls, self.tls.has_client_cert()) {
+            (true, true) => "mutual TLS",
+            (true, false) => "TLS",
+            _ => "plaintext",
+        };
+        format!("{transport}, {mechanism}")
     }
 
     /// The validated exchange type.
@@ -89,6 +133,10 @@ pub enum RabbitSetupError {
     Channels(usize),
     #[error("url is not an AMQP URI: {0}")]
     Url(String),
+    #[error("auth_mechanism {0:?} is not one of plain, amqplain, external")]
+    AuthMechanism(String),
+    #[error("{0}")]
+    Tls(&'static str),
 }
 
 /// One confirm-mode channel and the collector that decides its confirms.
@@ -205,7 +253,46 @@ fn exchange_kind(s: &str) -> Result<ExchangeKind, RabbitSetupError> {
     })
 }
 
+/// One AMQP connection to `uri`, over TLS with `tls`'s files when the URL says `amqps://`.
+async fn open_connection(name: &str, uri: &AMQPUri, tls: &RabbitTls) -> Result<Connection, String> {
+    let over_tls = uri.scheme == AMQPScheme::AMQPS;
+    let tls_config = tls.load().map_err(|e| e.to_string())?;
+    let props =
+        ConnectionProperties::default().with_connection_name(format!("c360-bridge/{name}").into());
+    let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
+    uri.clone()
+        .connect_with_config(props, tls_config, runtime)
+        .await
+        .map_err(|e| tls::describe_connect_error(&e, over_tls))
+}
+
+/// Connects once with the sink's URL, TLS files and login, opens a channel, and closes again:
+/// what `check --connect` does. `Ok` carries the transport and mechanism, `Err` the reason.
+pub async fn probe(name: &str, cfg: &RabbitConfig, timeout: Duration) -> Result<String, String> {
+    let uri = cfg.uri().map_err(|e| e.to_string())?;
+    let attempt = async {
+        let conn = open_connection(name, &uri, &cfg.tls).await?;
+        let opened = conn.create_channel().await;
+        let _ = conn.close(200, "c360-bridge: check --connect".into()).await;
+        opened.map_err(|e| format!("cannot open a channel: {e}"))
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(_)) => Ok(cfg.describe_security()),
+        Ok(Err(why)) => Err(why),
+        Err(_) => Err("cannot connect: timed out".into()),
+    }
+}
+
 impl Shared {
+    /// Records why a connection attempt failed, and logs it when the reason changed (so a
+    /// broker that stays unreachable or refuses the login is said once, not every retry).
+    fn refused(&self, why: String) {
+        if self.detail() != why {
+            tracing::warn!(sink = %self.name, "RabbitMQ not ready: {why}");
+        }
+        self.set(None, why);
+    }
+
     /// Takes a broken link out of use, says why, counts the restart, and closes what is left
     /// of it (a connection whose channel the broker closed is still open).
     fn replace_broken(&self, link: Arc<Link>) {
@@ -279,8 +366,8 @@ async fn supervise(shared: Arc<Shared>) {
                 }
                 shared.replace_broken(link);
             }
-            Ok(Err(e)) => shared.set(None, format!("cannot connect: {e}")),
-            Err(_) => shared.set(None, "cannot connect: timed out".into()),
+            Ok(Err(why)) => shared.refused(why),
+            Err(_) => shared.refused("cannot connect: timed out".into()),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -301,13 +388,13 @@ async fn drain_and_close(link: &Link, reason: &str) -> Result<(), lapin::Error> 
     link.conn.close(200, reason.into()).await
 }
 
-/// Opens a connection and its confirm-mode channels; a connection whose setup failed is closed
-/// again rather than left open on the broker.
-async fn connect(shared: &Shared) -> Result<Arc<Link>, lapin::Error> {
-    let props = ConnectionProperties::default()
-        .with_connection_name(format!("c360-bridge/{}", shared.name).into());
-    let conn = Connection::connect_uri(shared.uri.clone(), props).await?;
-    match open_channels(shared, &conn).await {
+/// Opens a connection (reading the TLS files afresh) and its confirm-mode channels; a connection
+/// whose setup failed is closed again rather than left open on the broker. The error is worded
+/// for `/readyz`.
+async fn connect(shared: &Shared) -> Result<Arc<Link>, String> {
+    let conn = open_connection(&shared.name, &shared.uri, &shared.cfg.tls).await?;
+    let setup = open_channels(shared, &conn).await;
+    match setup.map_err(|e| format!("cannot set up the channels: {e}")) {
         Ok(channels) => Ok(Arc::new(Link {
             conn,
             lanes: channels
@@ -467,7 +554,26 @@ mod tests {
             declare_exchange: true,
             channels: 1,
             cloudevents: true,
+            tls: RabbitTls::default(),
+            auth_mechanism: None,
         }
+    }
+
+    #[test]
+    fn tls_settings_need_amqps_and_external_needs_a_client_certificate() {
+        let mut c = cfg("amqp://127.0.0.1:5672/%2f");
+        c.tls.ca_file = Some("ca.pem".into());
+        assert!(c.validate().is_err(), "tls.ca_file with amqp://");
+        let mut c = cfg("amqps://127.0.0.1:5671/%2f");
+        c.auth_mechanism = Some("external".into());
+        assert!(c.validate().is_err(), "external without a certificate");
+        c.tls.cert_file = Some("c.pem".into());
+        assert!(c.validate().is_err(), "cert_file without key_file");
+        c.tls.key_file = Some("c.key".into());
+        c.validate().expect("external with a client certificate");
+        assert_eq!(c.describe_security(), "mutual TLS, EXTERNAL");
+        c.auth_mechanism = Some("kerberos".into());
+        assert!(c.validate().is_err(), "an unknown mechanism");
     }
 
     fn closed_with(code: u16, text: &str) -> lapin::Error {
