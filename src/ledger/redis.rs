@@ -441,10 +441,18 @@ pub async fn probe(config: &LedgerConfig, within: Duration) -> Result<String, St
         Ok(Err(e)) if e.kind() == redis::ErrorKind::AuthenticationFailed => {
             Err(format!("authentication failed: {e}"))
         }
-        Ok(Err(e)) if tls && e.is_io_error() => Err(format!("tls or network: {e}")),
+        Ok(Err(e)) if tls && is_handshake_error(&e) => Err(format!("tls: {e}")),
         Ok(Err(e)) => Err(format!("cannot connect: {e}")),
         Err(_) => Err(format!("cannot connect: no answer within {within:?}")),
     }
+}
+
+/// rustls's words for a failed handshake (certificate checks, alerts from the peer).
+fn is_handshake_error(e: &redis::RedisError) -> bool {
+    let text = e.to_string().to_ascii_lowercase();
+    ["certificate", "handshake", "alert"]
+        .iter()
+        .any(|w| text.contains(w))
 }
 
 fn describe_security(config: &LedgerConfig) -> String {

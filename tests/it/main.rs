@@ -21,6 +21,7 @@ mod rabbit;
 mod redis_server;
 mod replicas;
 mod secure;
+mod secure_ledger;
 mod secure_rabbit;
 mod tansu;
 mod topics;

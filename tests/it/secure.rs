@@ -179,7 +179,9 @@ async fn kafka_over_tls_delivers_refuses_a_wrong_ca_or_name_and_heals_when_the_f
     );
     let detail = ready.text().await.unwrap();
     assert!(
-        detail.contains("SSL handshake failed") || detail.contains("certificate verify failed"),
+        detail.contains("tls: ")
+            && (detail.contains("SSL handshake failed")
+                || detail.contains("certificate verify failed")),
         "/readyz names the TLS failure: {detail}"
     );
 
@@ -350,6 +352,12 @@ async fn scram_sha_256_and_512_log_in_and_a_wrong_password_never_gets_200_nor_re
         ];
         delivers(&bridge, mechanism, &tansu.addr, &topic, &login).await;
         bridge.shutdown().await;
+        let path = pem(&dir, "check.toml", &toml);
+        let (code, out, err) = run(&["check", "--config", &path, "--connect"], None);
+        assert_eq!(code, 0, "{out}{err}");
+        let line = format!("kafka: ok (1 broker, plaintext, {mechanism})");
+        assert!(out.contains(&line), "{out}");
+        assert!(!out.contains(password), "check prints no secret: {out}");
     }
 
     // A wrong password from the environment: `${env:NAME}`.
@@ -382,8 +390,19 @@ async fn scram_sha_256_and_512_log_in_and_a_wrong_password_never_gets_200_nor_re
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let log = served.stop().await;
+    let (code, out, err) = run_with_env(
+        &["check", "--config", &path, "--connect"],
+        None,
+        &[("C360_TEST_BOB_PASSWORD", wrong)],
+    );
+    assert_eq!(code, 1, "{out}{err}");
     assert!(
-        detail.to_lowercase().contains("authentication"),
+        out.contains("kafka: no Kafka broker answered: authentication failed: "),
+        "{out}"
+    );
+    assert!(!out.contains(wrong) && !err.contains(wrong), "{out}{err}");
+    assert!(
+        detail.contains("authentication failed: "),
         "/readyz names the failed login: {detail}"
     );
     assert!(
