@@ -15,6 +15,12 @@
 #                            ack_timeout, non-root, read-only root, requests, the keys Secret as
 #                            a keys_file volume, the Redis ledger), and its config.toml checked
 #                            with `c360-bridge check`.
+#   6. components/monitoring — the base rendered with the monitoring Component (kustomize): a
+#                            ServiceMonitor that selects the Service by its labels and scrapes a
+#                            port it has, and a PrometheusRule whose spec is
+#                            monitoring/prometheus/alerts.yml (parsed and compared, and
+#                            scripts/render-prometheus-rule.sh --check), whose rules pass
+#                            `promtool check rules` (scripts/promtool.sh).
 # Every check runs; the script exits non-zero if any failed.
 # Usage: scripts/check-deploy.sh        (from anywhere; tools are cached under $C360_CACHE)
 set -euo pipefail
@@ -292,6 +298,79 @@ if $built; then
   printf 'dummy-key\n' >"$RENDERED/keys"
   sed "s#^keys_file = .*#keys_file = \"$RENDERED/keys\"#" "$KDIR/config.toml" >"$RENDERED/config.toml"
   bridge_check "$RENDERED/config.toml" "$KDIR/config.toml: c360-bridge check (keys_file replaced by a dummy file)"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 6. deploy/kubernetes/components/monitoring (kustomize Component, with the base)
+# ---------------------------------------------------------------------------------------------
+CDIR=$KDIR/components/monitoring
+mkdir -p "$RENDERED/overlay"
+# kustomize wants relative paths from the overlay to the base and the component.
+printf 'resources:\n  - %s\ncomponents:\n  - %s\n' \
+  "$(realpath --relative-to="$RENDERED/overlay" "$KDIR")" \
+  "$(realpath --relative-to="$RENDERED/overlay" "$CDIR")" >"$RENDERED/overlay/kustomization.yaml"
+if ! command -v kubectl >/dev/null; then
+  fail "$CDIR: kubectl (with kustomize) is not installed"
+elif ! kubectl kustomize "$RENDERED/overlay" >"$RENDERED/monitoring.yaml" 2>"$RENDERED/err"; then
+  cat "$RENDERED/err"
+  fail "$CDIR: kubectl kustomize (base + component)"
+else
+  ok "$CDIR: kubectl kustomize base + component ($(grep -c '^kind:' "$RENDERED/monitoring.yaml") objects)"
+  if out=$("$VENV/bin/python" - "$RENDERED/monitoring.yaml" monitoring/prometheus/alerts.yml "$RENDERED/rules.yml" <<'PY' 2>&1
+import sys, yaml
+
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+by_kind = {}
+for d in docs:
+    by_kind.setdefault(d["kind"], []).append(d)
+problems = []
+monitors, rules = by_kind.get("ServiceMonitor", []), by_kind.get("PrometheusRule", [])
+if len(monitors) != 1 or len(rules) != 1:
+    problems.append(f"{len(monitors)} ServiceMonitor(s) and {len(rules)} PrometheusRule(s), want one of each")
+for sm in monitors:
+    if sm["apiVersion"] != "monitoring.coreos.com/v1":
+        problems.append(f"ServiceMonitor apiVersion {sm['apiVersion']}")
+    want = sm["spec"]["selector"]["matchLabels"]
+    services = [s for s in by_kind.get("Service", [])
+                if all(s["metadata"].get("labels", {}).get(k) == v for k, v in want.items())]
+    if not services:
+        problems.append(f"the ServiceMonitor's selector {want} matches no Service")
+    for ep in sm["spec"]["endpoints"]:
+        if ep.get("path", "/metrics") != "/metrics":
+            problems.append(f"endpoint path {ep.get('path')}")
+        if services and ep.get("port") not in {p.get("name") for p in services[0]["spec"]["ports"]}:
+            problems.append(f"endpoint port {ep.get('port')!r} is not a port of the Service")
+for pr in rules:
+    if pr["apiVersion"] != "monitoring.coreos.com/v1":
+        problems.append(f"PrometheusRule apiVersion {pr['apiVersion']}")
+    if pr["spec"] != yaml.safe_load(open(sys.argv[2])):
+        problems.append("the PrometheusRule's spec is not monitoring/prometheus/alerts.yml: run scripts/render-prometheus-rule.sh")
+    yaml.safe_dump(pr["spec"], open(sys.argv[3], "w"))
+for p in problems:
+    print(p)
+n = sum(len(g["rules"]) for pr in rules for g in pr["spec"]["groups"])
+print(f"ServiceMonitor -> Service port {monitors[0]['spec']['endpoints'][0]['port'] if monitors else '-'}, PrometheusRule with {n} alerts")
+sys.exit(1 if problems else 0)
+PY
+  ); then
+    ok "$CDIR: structure ($(tail -n 1 <<<"$out"))"
+  else
+    printf '%s\n' "$out"
+    fail "$CDIR: structure"
+  fi
+  if [ -s "$RENDERED/rules.yml" ] && promtool=$(scripts/promtool.sh) \
+     && out=$("$promtool" check rules "$RENDERED/rules.yml" 2>&1); then
+    ok "$CDIR: promtool check rules of the PrometheusRule's spec ($(grep -o '[0-9]* rules found' <<<"$out"))"
+  else
+    printf '%s\n' "${out:-}"
+    fail "$CDIR: promtool check rules of the PrometheusRule's spec"
+  fi
+fi
+if out=$(scripts/render-prometheus-rule.sh --check 2>&1); then
+  ok "$CDIR/prometheusrule.yaml: rendered from monitoring/prometheus/alerts.yml (up to date)"
+else
+  printf '%s\n' "$out"
+  fail "$CDIR/prometheusrule.yaml: out of date (scripts/render-prometheus-rule.sh)"
 fi
 
 echo "check-deploy: $passed passed, $failed failed"

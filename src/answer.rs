@@ -88,6 +88,14 @@ impl Answer {
             Answer::Rejected(r) => r.status(),
         }
     }
+
+    /// `accepted`, or the rejection's error code (the `reason` of `c360_requests_total`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Answer::Accepted(_) => "accepted",
+            Answer::Rejected(r) => r.code(),
+        }
+    }
 }
 
 /// A JSON error body, with `Retry-After` on 503.

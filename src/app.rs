@@ -147,8 +147,8 @@ impl App {
         file: Option<&Path>,
         sinks: Vec<Arc<dyn Sink>>,
     ) -> Result<Self, BuildError> {
-        crate::metrics::handle();
         let routes = Routes::compile(&config, file)?;
+        crate::metrics::start_up(&config, &routes);
         let dead_letter = DeadLetter::compile(&config, file)?;
         let (answer_deadline, _) = deadlines(config.server.ack_timeout);
         let tls = match &config.server.tls {

@@ -39,7 +39,7 @@ pub async fn receive(
         Err(r) => Answer::Rejected(r),
     };
     log_outcome(webhook, &answer, &rid, started);
-    m::request(&webhook.name, answer.status().as_u16());
+    m::request(&webhook.name, answer.status().as_u16(), answer.code());
     answer
 }
 

@@ -1,23 +1,186 @@
-//! Prometheus metrics: one global recorder, and the few named counters the bridge keeps.
+//! Prometheus metrics: one global recorder, the table of every metric the bridge exports (with
+//! its HELP), the series that exist from start-up at zero, and the named counters the bridge keeps.
 
-use metrics::{counter, gauge, histogram};
+use crate::config::{Config, SinkConfig};
+use crate::routing::Routes;
+use c360_sinks::Permanence;
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// Installs the process-wide recorder once and returns its handle (for `/metrics`).
-pub fn handle() -> PrometheusHandle {
+/// What a metric is, for its `# TYPE` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric the bridge and its sinks export: name, kind, HELP. `describe()` registers them
+/// all; a metric missing here has no HELP and fails `promtool check metrics`.
+pub const METRICS: &[(&str, Kind, &str)] = &[
+    (
+        "c360_requests_total",
+        Kind::Counter,
+        "POSTs answered, by webhook, HTTP status and reason (accepted, or the answer's error code).",
+    ),
+    (
+        "c360_signature_failures_total",
+        Kind::Counter,
+        "POSTs refused for their X-C360-Signature, by webhook and reason.",
+    ),
+    (
+        "c360_forbidden_sources_total",
+        Kind::Counter,
+        "POSTs refused because the client address is outside the webhook's allow_from.",
+    ),
+    (
+        "c360_events_published_total",
+        Kind::Counter,
+        "Events confirmed by their broker, by sink and destination (Kafka topic or AMQP routing key).",
+    ),
+    (
+        "c360_publish_failures_total",
+        Kind::Counter,
+        "Messages a broker did not confirm, by sink and reason.",
+    ),
+    (
+        "c360_publish_seconds",
+        Kind::Histogram,
+        "Seconds from a batch's first publish to its last broker confirm (or failure).",
+    ),
+    (
+        "c360_ack_timeout_seconds",
+        Kind::Gauge,
+        "server.ack_timeout in force: the sender gives up on an answer after this many seconds.",
+    ),
+    (
+        "c360_batches_in_flight",
+        Kind::Gauge,
+        "Batches being published now.",
+    ),
+    (
+        "c360_events_dead_lettered_total",
+        Kind::Counter,
+        "Events confirmed at the dead-letter destination instead of their own, by reason.",
+    ),
+    (
+        "c360_events_unrouted_total",
+        Kind::Counter,
+        "Events dropped because no route matched their event class, by event class.",
+    ),
+    (
+        "c360_sink_ready",
+        Kind::Gauge,
+        "1 while the sink can publish, else 0 (refreshed at every scrape).",
+    ),
+    (
+        "c360_sink_restarts_total",
+        Kind::Counter,
+        "Kafka producers or RabbitMQ connections and channels replaced after a failure, by sink and reason.",
+    ),
+    (
+        "c360_topics_created_total",
+        Kind::Counter,
+        "Kafka topics the bridge created, by sink.",
+    ),
+    (
+        "c360_ledger_skips_total",
+        Kind::Counter,
+        "Messages not published again because the ledger holds their earlier confirm, by sink.",
+    ),
+    (
+        "c360_ledger_errors_total",
+        Kind::Counter,
+        "Failed Redis ledger round trips, by op (read, write) and reason (timeout, error).",
+    ),
+    (
+        "c360_ledger_degraded",
+        Kind::Gauge,
+        "1 while the Redis ledger's last round trip failed.",
+    ),
+    (
+        "c360_key_reloads_total",
+        Kind::Counter,
+        "Re-reads of a webhook's keys file, by webhook and result (ok, unchanged, error, empty, invalid).",
+    ),
+    (
+        "c360_config_reloads_total",
+        Kind::Counter,
+        "Reloads of the configuration file, by result (ok, error).",
+    ),
+    (
+        "c360_tls_reloads_total",
+        Kind::Counter,
+        "Re-reads of the serving TLS certificate pair, by result (ok, error).",
+    ),
+    (
+        "c360_tls_cert_expiry_timestamp_seconds",
+        Kind::Gauge,
+        "Unix time of the notAfter of the serving TLS certificate in force.",
+    ),
+    (
+        "c360_connections_open",
+        Kind::Gauge,
+        "Connections open now, by listener.",
+    ),
+    (
+        "c360_connections_refused_total",
+        Kind::Counter,
+        "Connections closed at once because their listener was at server.max_connections, by listener.",
+    ),
+    (
+        "c360_connections_closed_total",
+        Kind::Counter,
+        "Connections closed by the bridge, by listener and reason (header_timeout, idle_timeout, tls_error).",
+    ),
+];
+
+/// `reason`s of the sinks crate's `c360_sink_restarts_total`, by sink type.
+const KAFKA_RESTART_REASONS: [&str; 2] = ["fatal_error", "deliveries_stalled"];
+const RABBIT_RESTART_REASONS: [&str; 2] = ["channel_closed", "connection_lost"];
+/// `(status, reason)` of `c360_requests_total` present from start-up for every webhook: the
+/// success, and the 503s the 5xx-ratio alert is about.
+const START_UP_ANSWERS: [(&str, &str); 4] = [
+    ("200", "accepted"),
+    ("503", "broker_unconfirmed"),
+    ("503", "broker_timeout"),
+    ("503", "overloaded"),
+];
+const KEY_RELOAD_RESULTS: [&str; 5] = ["ok", "unchanged", "error", "empty", "invalid"];
+const CLOSE_REASONS: [&str; 3] = ["header_timeout", "idle_timeout", "tls_error"];
+const DEAD_LETTER_REASONS: [Permanence; 3] = [
+    Permanence::IllegalDestination,
+    Permanence::TooLarge,
+    Permanence::InvalidRecord,
+];
+
+/// `c360_publish_seconds` buckets: fine below a second, then fractions of `ack_timeout` (the
+/// answer goes out at 0.9 of it, publishes are abandoned at twice it), so `histogram_quantile`
+/// is exact where the "confirm latency near ack_timeout" alert looks (0.75 of it).
+pub fn publish_buckets(ack_timeout: Duration) -> Vec<f64> {
+    let ack = ack_timeout.as_secs_f64();
+    let fixed = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+    let relative = [0.25, 0.5, 0.75, 0.9, 1.0, 1.5, 2.0].map(|f| f * ack);
+    let mut all: Vec<f64> = fixed.into_iter().chain(relative).collect();
+    all.sort_by(f64::total_cmp);
+    all.dedup_by(|a, b| (*a - *b).abs() < 1e-9);
+    all
+}
+
+/// Installs the process-wide recorder once (buckets made for `ack_timeout`), describes every
+/// metric, and returns its handle. Later calls return the same handle.
+pub fn install(ack_timeout: Duration) -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            let buckets = [
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
-            ];
+            let buckets = publish_buckets(ack_timeout);
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full("c360_publish_seconds".into()), &buckets)
                 .map(PrometheusBuilder::build_recorder);
-            match recorder {
+            let handle = match recorder {
                 Ok(r) => {
                     let h = r.handle();
                     if metrics::set_global_recorder(r).is_err() {
@@ -31,13 +194,102 @@ pub fn handle() -> PrometheusHandle {
                     tracing::error!(error = %e, "metrics recorder not installed");
                     PrometheusBuilder::new().build_recorder().handle()
                 }
-            }
+            };
+            describe();
+            handle
         })
         .clone()
 }
 
-pub fn request(webhook: &str, status: u16) {
-    counter!("c360_requests_total", "webhook" => webhook.to_owned(), "status" => status.to_string()).increment(1);
+/// The recorder's handle (for `/metrics`), installed with the default `ack_timeout` if nothing
+/// installed it yet.
+pub fn handle() -> PrometheusHandle {
+    install(crate::config::ServerConfig::default().ack_timeout)
+}
+
+/// Gives every metric of `METRICS` its HELP.
+fn describe() {
+    for &(name, kind, help) in METRICS {
+        match kind {
+            Kind::Counter => describe_counter!(name, help),
+            Kind::Gauge => describe_gauge!(name, help),
+            Kind::Histogram => describe_histogram!(name, help),
+        }
+    }
+}
+
+/// Creates, at zero, every series the shipped dashboard and alerts read whose labels are known
+/// from the configuration, so that the first increment shows in `increase()` and an alert has
+/// a series to look at before anything happened. Adds nothing to a series that already exists.
+pub fn start_up(config: &Config, routes: &Routes) {
+    install(config.server.ack_timeout);
+    gauge!("c360_ack_timeout_seconds").set(config.server.ack_timeout.as_secs_f64());
+    gauge!("c360_batches_in_flight").increment(0.0);
+    gauge!("c360_ledger_degraded").increment(0.0);
+    // Registered, so that its buckets are there (at zero) before the first batch.
+    let _ = histogram!("c360_publish_seconds");
+    for w in &config.webhooks {
+        let webhook = || w.name.clone();
+        for (status, reason) in START_UP_ANSWERS {
+            counter!("c360_requests_total", "webhook" => webhook(), "status" => status, "reason" => reason)
+                .increment(0);
+        }
+        for result in KEY_RELOAD_RESULTS {
+            counter!("c360_key_reloads_total", "webhook" => webhook(), "result" => result)
+                .increment(0);
+        }
+        counter!("c360_forbidden_sources_total", "webhook" => webhook()).increment(0);
+    }
+    for (name, sink) in &config.sinks {
+        let reasons = match sink {
+            SinkConfig::Kafka(_) => {
+                counter!("c360_topics_created_total", "sink" => name.clone()).increment(0);
+                KAFKA_RESTART_REASONS
+            }
+            SinkConfig::Rabbitmq(_) => RABBIT_RESTART_REASONS,
+        };
+        for reason in reasons {
+            counter!("c360_sink_restarts_total", "sink" => name.clone(), "reason" => reason)
+                .increment(0);
+        }
+        gauge!("c360_sink_ready", "sink" => name.clone()).increment(0.0);
+        counter!("c360_ledger_skips_total", "sink" => name.clone()).increment(0);
+    }
+    // Destinations known before any event: routes whose topic has no placeholder.
+    for target in routes.iter().flat_map(|r| &r.targets) {
+        if target.topic.placeholders().next().is_none() {
+            events_published(&target.sink_name, &target.topic.text, 0);
+        }
+    }
+    for reason in DEAD_LETTER_REASONS {
+        counter!("c360_events_dead_lettered_total", "reason" => reason.code()).increment(0);
+    }
+    for op in ["read", "write"] {
+        for reason in ["timeout", "error"] {
+            counter!("c360_ledger_errors_total", "op" => op, "reason" => reason).increment(0);
+        }
+    }
+    for result in ["ok", "error"] {
+        counter!("c360_config_reloads_total", "result" => result).increment(0);
+        if config.server.tls.is_some() {
+            counter!("c360_tls_reloads_total", "result" => result).increment(0);
+        }
+    }
+    let admin = config.server.admin_listen.is_some().then_some("admin");
+    for listener in std::iter::once("webhook").chain(admin) {
+        counter!("c360_connections_refused_total", "listener" => listener).increment(0);
+        gauge!("c360_connections_open", "listener" => listener).increment(0.0);
+        for reason in CLOSE_REASONS {
+            counter!("c360_connections_closed_total", "listener" => listener, "reason" => reason)
+                .increment(0);
+        }
+    }
+}
+
+/// A POST answered: `reason` is `accepted` or the answer's error code.
+pub fn request(webhook: &str, status: u16, reason: &'static str) {
+    counter!("c360_requests_total", "webhook" => webhook.to_owned(), "status" => status.to_string(), "reason" => reason)
+        .increment(1);
 }
 
 pub fn signature_failure(webhook: &str, reason: &'static str) {
@@ -45,8 +297,9 @@ pub fn signature_failure(webhook: &str, reason: &'static str) {
         .increment(1);
 }
 
-pub fn events_published(sink: &str, topic: &str, n: u64) {
-    counter!("c360_events_published_total", "sink" => sink.to_owned(), "topic" => topic.to_owned())
+/// `n` events confirmed at `destination` (a Kafka topic or an AMQP routing key) of `sink`.
+pub fn events_published(sink: &str, destination: &str, n: u64) {
+    counter!("c360_events_published_total", "sink" => sink.to_owned(), "destination" => destination.to_owned())
         .increment(n);
 }
 
@@ -88,6 +341,11 @@ pub fn key_reload(webhook: &str, result: &'static str) {
         .increment(1);
 }
 
+/// A reload of the configuration file: `ok` or `error` (SPEC §15).
+pub fn config_reload(result: &'static str) {
+    counter!("c360_config_reloads_total", "result" => result).increment(1);
+}
+
 pub fn sink_ready(sink: &str, ready: bool) {
     gauge!("c360_sink_ready", "sink" => sink.to_owned()).set(if ready { 1.0 } else { 0.0 });
 }
@@ -124,6 +382,12 @@ pub fn tls_reload(result: &'static str) {
     counter!("c360_tls_reloads_total", "result" => result).increment(1);
 }
 
+/// The notAfter (Unix seconds) of the serving certificate in force.
+pub fn tls_cert_expiry(not_after: i64) {
+    // An f64 holds every whole second up to 2^53 exactly.
+    gauge!("c360_tls_cert_expiry_timestamp_seconds").set(not_after as f64);
+}
+
 /// A POST refused because its client address is outside the webhook's `allow_from`.
 pub fn forbidden_source(webhook: &str) {
     counter!("c360_forbidden_sources_total", "webhook" => webhook.to_owned()).increment(1);
@@ -142,5 +406,37 @@ impl OpenConnection {
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         gauge!("c360_connections_open", "listener" => self.0).decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_prometheus_conventions() {
+        let mut seen = std::collections::HashSet::new();
+        for &(name, kind, help) in METRICS {
+            assert!(seen.insert(name), "{name} twice");
+            assert!(name.starts_with("c360_"), "{name}");
+            assert!(!help.is_empty() && help.ends_with('.'), "{name}: {help:?}");
+            assert_eq!(
+                name.ends_with("_total"),
+                kind == Kind::Counter,
+                "{name}: counters, and only counters, end in _total"
+            );
+        }
+    }
+
+    #[test]
+    fn buckets_bracket_the_ack_deadline() {
+        let b = publish_buckets(Duration::from_secs(20));
+        for edge in [15.0, 18.0, 20.0, 40.0] {
+            assert!(b.contains(&edge), "{edge} in {b:?}");
+        }
+        assert!(b.windows(2).all(|w| w[0] < w[1]), "{b:?}");
+        let small = publish_buckets(Duration::from_secs(1));
+        assert!(small.windows(2).all(|w| w[0] < w[1]), "{small:?}");
+        assert!(small.contains(&0.75), "{small:?}");
     }
 }

@@ -24,6 +24,8 @@ pub enum TlsError {
     NoKey { path: PathBuf, reason: String },
     #[error("the certificate and key cannot be used together: {0}")]
     Rejected(#[from] rustls::Error),
+    #[error("{}: the first certificate cannot be read as X.509 ({reason})", path.display())]
+    NotX509 { path: PathBuf, reason: String },
 }
 
 /// The pair in force, and what the last look at the files saw.
@@ -38,7 +40,8 @@ impl Tls {
     /// Loads the pair; a broken pair at start-up is an error (there is nothing to keep).
     pub fn load(files: &TlsConfig) -> Result<Self, TlsError> {
         let (cert, key) = read_pair(files)?;
-        let config = server_config(files, &cert, &key)?;
+        let (config, not_after) = server_config(files, &cert, &key)?;
+        crate::metrics::tls_cert_expiry(not_after);
         Ok(Self {
             files: files.clone(),
             current: RwLock::new(Arc::new(config)),
@@ -70,8 +73,9 @@ impl Tls {
         }
         *seen = now;
         let result = match read.and_then(|(c, k)| server_config(&self.files, &c, &k)) {
-            Ok(config) => {
+            Ok((config, not_after)) => {
                 *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
+                crate::metrics::tls_cert_expiry(not_after);
                 tracing::info!(cert = %self.files.cert_file.display(), trigger = trigger.name(),
                     "TLS certificate re-read: the new pair is served to new connections");
                 "ok"
@@ -108,24 +112,36 @@ fn digest(cert: &[u8], key: &[u8]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// A rustls server configuration (TLS 1.2 and 1.3, HTTP/1.1 by ALPN) from PEM bytes.
+/// The notAfter of `cert` (DER), in Unix seconds.
+fn not_after(files: &TlsConfig, cert: &CertificateDer<'_>) -> Result<i64, TlsError> {
+    x509_parser::parse_x509_certificate(cert.as_ref())
+        .map(|(_, c)| c.validity().not_after.timestamp())
+        .map_err(|e| TlsError::NotX509 {
+            path: files.cert_file.clone(),
+            reason: e.to_string(),
+        })
+}
+
+/// A rustls server configuration (TLS 1.2 and 1.3, HTTP/1.1 by ALPN) from PEM bytes, and the
+/// notAfter (Unix seconds) of its certificate (the first of the chain).
 fn server_config(
     files: &TlsConfig,
     cert_pem: &[u8],
     key_pem: &[u8],
-) -> Result<ServerConfig, TlsError> {
+) -> Result<(ServerConfig, i64), TlsError> {
     let chain = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::NoCertificate {
             path: files.cert_file.clone(),
             reason: e.to_string(),
         })?;
-    if chain.is_empty() {
+    let Some(leaf) = chain.first() else {
         return Err(TlsError::NoCertificate {
             path: files.cert_file.clone(),
             reason: "empty".into(),
         });
-    }
+    };
+    let not_after = not_after(files, leaf)?;
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::NoKey {
         path: files.key_file.clone(),
         reason: e.to_string(),
@@ -136,7 +152,7 @@ fn server_config(
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(config)
+    Ok((config, not_after))
 }
 
 #[cfg(test)]
@@ -153,5 +169,25 @@ mod tests {
         assert!(e.to_string().contains("no PEM certificate"), "{e}");
         let missing = read(Path::new("/nonexistent/cert.pem")).unwrap_err();
         assert!(missing.to_string().contains("/nonexistent/cert.pem"));
+    }
+
+    #[test]
+    fn the_certificates_not_after_is_read() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+        params.not_after = rcgen::date_time_ymd(2031, 5, 17);
+        let cert = params.self_signed(&key).expect("certificate");
+        let files = TlsConfig {
+            cert_file: "c.pem".into(),
+            key_file: "k.pem".into(),
+        };
+        let (_, not_after) = server_config(
+            &files,
+            cert.pem().as_bytes(),
+            key.serialize_pem().as_bytes(),
+        )
+        .expect("a usable pair");
+        assert_eq!(not_after, 1_936_742_400, "2031-05-17T00:00:00Z");
     }
 }

@@ -330,10 +330,10 @@ async fn readyz_turns_503_when_the_broker_goes_away_and_metrics_count_what_happe
         .await
         .unwrap();
     for line in [
-        "c360_requests_total{webhook=\"metrics-wh\",status=\"200\"} 1",
-        "c360_requests_total{webhook=\"metrics-wh\",status=\"401\"} 1",
+        "c360_requests_total{webhook=\"metrics-wh\",status=\"200\",reason=\"accepted\"} 1",
+        "c360_requests_total{webhook=\"metrics-wh\",status=\"401\",reason=\"signature_missing\"} 1",
         "c360_signature_failures_total{webhook=\"metrics-wh\",reason=\"signature_missing\"} 1",
-        "c360_events_published_total{sink=\"kafka\",topic=\"m\"} 2",
+        "c360_events_published_total{sink=\"kafka\",destination=\"m\"} 2",
     ] {
         assert!(text.contains(line), "{line} missing from:\n{text}");
     }

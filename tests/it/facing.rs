@@ -15,7 +15,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 
-const KEY: &str = "hostile-key";
+pub const KEY: &str = "hostile-key";
 
 /// A test certificate authority.
 pub struct Pki {

@@ -15,6 +15,7 @@ mod hostile;
 mod kafka;
 mod keys;
 mod ledger;
+mod monitoring;
 mod partition;
 mod props;
 mod rabbit;

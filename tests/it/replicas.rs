@@ -313,7 +313,7 @@ async fn wait_ledger_state(bridge: &Bridge, want: &str, within: Duration) {
 /// Waits until the webhook `name` answered at least `n` batches with 200 in all.
 async fn wait_accepted(bridge: &Bridge, name: &str, n: f64) {
     let until = Instant::now() + Duration::from_secs(60);
-    let line = format!("c360_requests_total{{webhook=\"{name}\",status=\"200\"}}");
+    let line = format!("c360_requests_total{{webhook=\"{name}\",status=\"200\"");
     while harness::metric(&harness::metrics_text(bridge).await, &line) < n {
         assert!(Instant::now() < until, "fewer than {n} batches accepted");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -353,14 +353,14 @@ async fn redis_killed_under_load_changes_no_answer_and_loses_nothing() {
     wait_ledger_state(&bridge, "degraded", Duration::from_secs(10)).await;
     let at_kill = harness::metric(
         &harness::metrics_text(&bridge).await,
-        &format!("c360_requests_total{{webhook=\"{name}\",status=\"200\"}}"),
+        &format!("c360_requests_total{{webhook=\"{name}\",status=\"200\""),
     );
     wait_accepted(&bridge, &name, at_kill + 40.0).await; // 40 batches while Redis is gone
     redis.restart().await;
     wait_ledger_state(&bridge, "ok", Duration::from_secs(15)).await;
     let at_return = harness::metric(
         &harness::metrics_text(&bridge).await,
-        &format!("c360_requests_total{{webhook=\"{name}\",status=\"200\"}}"),
+        &format!("c360_requests_total{{webhook=\"{name}\",status=\"200\""),
     );
     wait_accepted(&bridge, &name, at_return + 20.0).await;
     stop.cancel();
