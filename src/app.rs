@@ -8,9 +8,10 @@ use crate::routing::Routes;
 use crate::server::Limits;
 use crate::server::client_addr::{self, Cidr};
 use crate::server::tls::{Tls, TlsError};
+use crate::telemetry::{Telemetry, TelemetryError};
 use c360_sinks::kafka::{KafkaSetupError, KafkaSink};
 use c360_sinks::rabbitmq::{RabbitSetupError, RabbitSink};
-use c360_sinks::{Readiness, Sink};
+use c360_sinks::{Messaging, Readiness, Sink};
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -70,6 +71,10 @@ pub struct App {
     pub tls: Option<Arc<Tls>>,
     /// Publish tasks, awaited on shutdown.
     pub tasks: TaskTracker,
+    /// The tracer (off without an OTLP endpoint).
+    pub telemetry: Telemetry,
+    /// How each sink's sends are described in PRODUCER spans, in `sinks` order.
+    pub messaging: Vec<Messaging>,
     closing: AtomicBool,
 }
 
@@ -92,6 +97,8 @@ pub enum BuildError {
     },
     #[error(transparent)]
     Ledger(#[from] RedisSetupError),
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
 }
 
 /// The answer deadline and librdkafka's `message.timeout.ms`, both derived from `ack_timeout`.
@@ -176,11 +183,14 @@ impl App {
                 }
             })
             .collect();
+        let telemetry = Telemetry::from_config(&config.telemetry)?;
         Ok(Self {
             webhooks,
             routes,
             dead_letter,
+            messaging: sinks.iter().map(|s| s.messaging()).collect(),
             sinks,
+            telemetry,
             ledger: Ledger::from_config(&config.ledger)?,
             in_flight: Arc::new(Semaphore::new(config.server.max_in_flight_batches)),
             max_body_bytes: config.server.max_body_bytes,
@@ -231,5 +241,9 @@ impl App {
         for sink in &self.sinks {
             sink.close(Duration::from_secs(5)).await;
         }
+        let telemetry = self.telemetry.clone();
+        let flushed =
+            tokio::task::spawn_blocking(move || telemetry.shutdown(Duration::from_secs(5)));
+        let _ = flushed.await;
     }
 }

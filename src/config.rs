@@ -34,6 +34,19 @@ pub struct Config {
     /// `[dead_letter]`: where events no broker will ever take are published (SPEC §10).
     #[serde(default)]
     pub dead_letter: Option<DeadLetterConfig>,
+    /// `[telemetry]`: where traces go (off without an endpoint here or in `OTEL_*`).
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[telemetry]`: the OTLP collector traces are exported to.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Base URL of the collector, like `OTEL_EXPORTER_OTLP_ENDPOINT` (HTTP appends `/v1/traces`).
+    pub otlp_endpoint: Option<String>,
+    /// `grpc` or `http/protobuf`; unset: `OTEL_EXPORTER_OTLP_PROTOCOL`, else `http/protobuf`.
+    pub protocol: Option<String>,
 }
 
 /// `[dead_letter]`: the sink and destination of events that failed permanently.

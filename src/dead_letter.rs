@@ -125,6 +125,7 @@ impl DeadLetter {
                 dead_letter: Some(Box::new(headers)),
                 ..EventMeta::clone(meta)
             }),
+            trace: None,
         })
     }
 }
@@ -329,6 +330,7 @@ mod tests {
                 cloudevent: None,
                 dead_letter: None,
             }),
+            trace: None,
         };
         let (s, m) = (sink.clone(), msg.clone());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -425,6 +427,7 @@ mod tests {
                 cloudevent: None,
                 dead_letter: None,
             }),
+            trace: None,
         };
         let d = dl
             .message(

@@ -52,6 +52,7 @@ pub fn demo_config(listen: &str, bootstrap: &str, key: &str) -> Config {
         }],
         unrouted: Unrouted::Error,
         dead_letter: None,
+        telemetry: Default::default(),
     }
 }
 

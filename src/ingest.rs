@@ -13,6 +13,7 @@ use crate::metrics as m;
 use crate::publish::{self, Job};
 use crate::routing::Target;
 use crate::signature::{HEADER, Verdict};
+use crate::telemetry;
 use bytes::Bytes;
 use c360_sinks::{EventMeta, Message, Permanence};
 use std::net::IpAddr;
@@ -30,8 +31,11 @@ pub async fn receive(
 ) -> Answer {
     let started = Instant::now();
     let webhook = &app.webhooks[wh];
+    let trace = app
+        .telemetry
+        .server_span(&headers, &webhook.path, &webhook.name);
     let outcome = match admit(webhook, client) {
-        Ok(()) => ingest(&app, webhook, &headers, body, started).await,
+        Ok(()) => ingest(&app, webhook, &headers, body, started, trace.as_ref()).await,
         Err(r) => Err(r),
     };
     let answer = match outcome {
@@ -40,7 +44,19 @@ pub async fn receive(
     };
     log_outcome(webhook, &answer, &rid, started);
     m::request(&webhook.name, answer.status().as_u16(), answer.code());
+    if let Some(cx) = trace {
+        end_server_span(cx, &answer);
+    }
     answer
+}
+
+/// The SERVER span gets the answer: its status, the events accepted or the refusal's code.
+fn end_server_span(cx: opentelemetry::Context, answer: &Answer) {
+    let (events, reason) = match answer {
+        Answer::Accepted(n) => (Some(*n), None),
+        Answer::Rejected(r) => (None, Some(r.code())),
+    };
+    telemetry::end_server_span(cx, answer.status().as_u16(), events, reason);
 }
 
 /// Refuses a client outside the webhook's `allow_from`, before anything of the body is read.
@@ -59,6 +75,7 @@ async fn ingest(
     headers: &http::HeaderMap,
     body: axum::body::Body,
     started: Instant,
+    trace: Option<&opentelemetry::Context>,
 ) -> Result<usize, Rejection> {
     if app.is_closing() {
         return Err(Rejection::ShuttingDown);
@@ -90,7 +107,7 @@ async fn ingest(
         };
     }
     let jobs = publish::unconfirmed(app, plan(app, webhook, &body, &events)?).await;
-    publish::publish(app, jobs, permit, deadline).await?;
+    publish::publish(app, jobs, permit, deadline, trace.cloned()).await?;
     Ok(events.len())
 }
 
@@ -156,6 +173,7 @@ fn event_job(
                 .map(Bytes::from),
             body: raw.clone(),
             meta: meta.clone(),
+            trace: None,
         },
         origin: t.sink,
         subject,

@@ -22,6 +22,7 @@ pub mod sample;
 pub mod secrets;
 pub mod server;
 pub mod signature;
+pub mod telemetry;
 pub mod watch;
 
 pub use app::App;

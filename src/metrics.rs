@@ -118,6 +118,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Re-reads of the serving TLS certificate pair, by result (ok, error).",
     ),
     (
+        "c360_spans_dropped_total",
+        Kind::Counter,
+        "Trace spans dropped: the export queue was full or the OTLP collector did not take them.",
+    ),
+    (
         "c360_tls_cert_expiry_timestamp_seconds",
         Kind::Gauge,
         "Unix time of the notAfter of the serving TLS certificate in force.",
@@ -269,6 +274,7 @@ pub fn start_up(config: &Config, routes: &Routes) {
             counter!("c360_ledger_errors_total", "op" => op, "reason" => reason).increment(0);
         }
     }
+    counter!("c360_spans_dropped_total").increment(0);
     for result in ["ok", "error"] {
         counter!("c360_config_reloads_total", "result" => result).increment(0);
         if config.server.tls.is_some() {
@@ -342,6 +348,11 @@ pub fn key_reload(webhook: &str, result: &'static str) {
 }
 
 /// A reload of the configuration file: `ok` or `error` (SPEC §15).
+/// Trace spans dropped before reaching the collector.
+pub fn spans_dropped(n: u64) {
+    counter!("c360_spans_dropped_total").increment(n);
+}
+
 pub fn config_reload(result: &'static str) {
     counter!("c360_config_reloads_total", "result" => result).increment(1);
 }

@@ -7,6 +7,7 @@ use crate::app::App;
 use crate::dead_letter::{self, Class};
 use crate::ledger;
 use crate::metrics as m;
+use crate::telemetry;
 use c360_sinks::{Message, Permanence, SinkError};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -82,6 +83,7 @@ pub async fn publish(
     jobs: Vec<Job>,
     permit: OwnedSemaphorePermit,
     deadline: tokio::time::Instant,
+    trace: Option<opentelemetry::Context>,
 ) -> Result<(), Rejection> {
     if jobs.is_empty() {
         return Ok(());
@@ -91,7 +93,7 @@ pub async fn publish(
     app.tasks.spawn(async move {
         let _permit = permit;
         let _gauge = m::InFlight::enter();
-        let outcome = publish_all(&task_app, jobs).await;
+        let outcome = publish_all(&task_app, jobs, trace.as_ref()).await;
         let _ = tx.send(outcome);
     });
     match tokio::time::timeout_at(deadline, rx).await {
@@ -136,12 +138,16 @@ fn reason(e: &SinkError) -> &'static str {
 
 /// Publishes the jobs, then sends the events that failed permanently to the dead letter;
 /// returns why each message that is still unconfirmed failed.
-async fn publish_all(app: &App, jobs: Vec<Job>) -> Vec<SinkError> {
+async fn publish_all(
+    app: &App,
+    jobs: Vec<Job>,
+    trace: Option<&opentelemetry::Context>,
+) -> Vec<SinkError> {
     let started = Instant::now();
-    let (mut confirmed, mut failed) = attempt(app, jobs).await;
+    let (mut confirmed, mut failed) = attempt(app, jobs, trace).await;
     let diverted = dead_letters(app, &mut failed);
     if !diverted.is_empty() {
-        let (letters, lost) = attempt(app, diverted).await;
+        let (letters, lost) = attempt(app, diverted, trace).await;
         confirmed.extend(letters);
         failed.extend(lost);
     }
@@ -154,8 +160,13 @@ async fn publish_all(app: &App, jobs: Vec<Job>) -> Vec<SinkError> {
 }
 
 /// Starts every job at once and waits for all confirms; returns the confirmed jobs and the
-/// failed ones with why.
-async fn attempt(app: &App, jobs: Vec<Job>) -> (Vec<Job>, Vec<(Job, SinkError)>) {
+/// failed ones with why. Traced, each message has a PRODUCER span ended at its confirm.
+async fn attempt(
+    app: &App,
+    mut jobs: Vec<Job>,
+    trace: Option<&opentelemetry::Context>,
+) -> (Vec<Job>, Vec<(Job, SinkError)>) {
+    let mut spans = trace.map(|cx| producer_spans(app, cx, &mut jobs).into_iter());
     // One deadline for the whole attempt: the confirms that did arrive are still recorded
     // when another sink never answers.
     let deadline = tokio::time::Instant::now() + app.publish_deadline;
@@ -181,12 +192,31 @@ async fn attempt(app: &App, jobs: Vec<Job>) -> (Vec<Job>, Vec<(Job, SinkError)>)
     let mut confirmed = Vec::with_capacity(jobs.len());
     let mut failed = Vec::new();
     for (job, r) in jobs.into_iter().zip(outcomes) {
-        match r.unwrap_or_else(|| Err(c360_sinks::deadline_passed())) {
+        let r = r.unwrap_or_else(|| Err(c360_sinks::deadline_passed()));
+        if let Some(span) = spans.as_mut().and_then(Iterator::next).flatten() {
+            telemetry::end_producer_span(span, &r);
+        }
+        match r {
             Ok(()) => confirmed.push(job),
             Err(e) => failed.push((job, e)),
         }
     }
     (confirmed, failed)
+}
+
+/// Starts every job's PRODUCER span under the batch's SERVER span, its context put on the
+/// message; `None` in place of a span the tracer did not start.
+fn producer_spans(
+    app: &App,
+    cx: &opentelemetry::Context,
+    jobs: &mut [Job],
+) -> Vec<Option<opentelemetry_sdk::trace::Span>> {
+    jobs.iter_mut()
+        .map(|j| {
+            app.telemetry
+                .producer_span(cx, &app.messaging[j.sink], &mut j.msg)
+        })
+        .collect()
 }
 
 /// The jobs' indices by (sink, whether they are dead letters), in batch order within each.

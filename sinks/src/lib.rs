@@ -13,7 +13,7 @@ mod message;
 pub mod rabbitmq;
 
 pub use error::{Permanence, SinkError};
-pub use message::{CONTENT_TYPE, DeadLetterHeaders, EventMeta, Message};
+pub use message::{CONTENT_TYPE, DeadLetterHeaders, EventMeta, Message, TraceContext};
 
 use async_trait::async_trait;
 
@@ -45,6 +45,16 @@ impl Readiness {
     }
 }
 
+/// What a PRODUCER span says of a sink (OpenTelemetry's messaging conventions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Messaging {
+    /// `messaging.system`: `kafka`, `rabbitmq`, `nats`.
+    pub system: &'static str,
+    /// RabbitMQ: the exchange, which is the span's destination (the message's destination is
+    /// its routing key, an attribute of its own). `None`: the destination is the message's.
+    pub exchange: Option<String>,
+}
+
 /// A broker connection that publishes messages and reports when they are confirmed.
 ///
 /// `publish` must be cheap to start: callers start every message of a batch at once and then
@@ -72,6 +82,14 @@ pub trait Sink: Send + Sync + 'static {
                 .unwrap_or_else(|_| Err(deadline_passed()))
         });
         futures::future::join_all(each).await
+    }
+
+    /// How OpenTelemetry's messaging conventions describe this sink's sends.
+    fn messaging(&self) -> Messaging {
+        Messaging {
+            system: "unknown",
+            exchange: None,
+        }
     }
 
     /// Whether the sink is connected and able to publish.

@@ -74,19 +74,43 @@ impl EventMeta {
     }
 }
 
+/// The W3C trace context of a traced message's PRODUCER span, as its headers carry it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    /// `traceparent`: `00-{trace id}-{span id}-{flags}`.
+    pub traceparent: String,
+    /// `tracestate`, only when not empty.
+    pub tracestate: Option<String>,
+}
+
+impl TraceContext {
+    fn headers(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("traceparent", Some(self.traceparent.as_str())),
+            ("tracestate", self.tracestate.as_deref()),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|v| (name, v)))
+    }
+}
+
 impl Message {
     /// Every header of the message, `c360-*` first, then (with `cloudevents`) the CloudEvents
-    /// attributes under the binding's `names` (content-type is the sink's to add).
+    /// attributes under the binding's `names`, then `traceparent` / `tracestate` when the
+    /// message is traced (content-type is the sink's to add).
     pub fn headers(
         &self,
         names: &'static Names,
         cloudevents: bool,
     ) -> impl Iterator<Item = (&'static str, &str)> {
         let ce = self.meta.cloudevent.as_ref().filter(|_| cloudevents);
-        self.meta.headers().chain(
-            ce.into_iter()
-                .flat_map(move |ce| ce.headers(names, &self.meta.id, self.key.as_deref())),
-        )
+        self.meta
+            .headers()
+            .chain(
+                ce.into_iter()
+                    .flat_map(move |ce| ce.headers(names, &self.meta.id, self.key.as_deref())),
+            )
+            .chain(self.trace.iter().flat_map(|t| t.headers()))
     }
 }
 
@@ -101,6 +125,8 @@ pub struct Message {
     pub body: Bytes,
     /// Header values.
     pub meta: Arc<EventMeta>,
+    /// The trace context its headers carry; `None` when tracing is off.
+    pub trace: Option<Box<TraceContext>>,
 }
 
 #[cfg(test)]
@@ -126,6 +152,7 @@ impl Message {
                     }),
                 }),
             }),
+            trace: None,
         }
     }
 }

@@ -380,6 +380,7 @@ fn messages(
                 cloudevent: Some(ce.event(&e.event_class)),
                 dead_letter: None,
             }),
+            trace: None,
         })
         .collect())
 }

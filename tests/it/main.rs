@@ -26,3 +26,4 @@ mod secure_ledger;
 mod secure_rabbit;
 mod tansu;
 mod topics;
+mod traces;

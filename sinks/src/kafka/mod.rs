@@ -542,6 +542,13 @@ fn too_large(msg: &Message, limit: Option<usize>, cloudevents: bool, e: KafkaErr
 
 #[async_trait]
 impl Sink for KafkaSink {
+    fn messaging(&self) -> crate::Messaging {
+        crate::Messaging {
+            system: "kafka",
+            exchange: None,
+        }
+    }
+
     fn name(&self) -> &str {
         &self.shared.name
     }

@@ -474,6 +474,13 @@ fn properties(msg: &Message, cloudevents: bool) -> BasicProperties {
 
 #[async_trait]
 impl Sink for RabbitSink {
+    fn messaging(&self) -> crate::Messaging {
+        crate::Messaging {
+            system: "rabbitmq",
+            exchange: Some(self.shared.cfg.exchange.clone()),
+        }
+    }
+
     fn name(&self) -> &str {
         &self.shared.name
     }
