@@ -12,7 +12,8 @@
 # of the CloudEvents headers (on by default) comes from the same invocation, with the CPU the
 # bridge and the broker spent per event in those runs. `dead-letter`: the
 # tansu load with 1 event in POISON_EVERY (100) of an illegal class, sent to the dead letter.
-# `tls`: HTTPS against HTTP on tansu, alternating in the same rounds.
+# `tls`: HTTPS against HTTP on tansu, alternating in the same rounds. `traces`: tracing off, on
+# with every batch sampled and with 10 % sampled (and BASELINE_BIN, a build without tracing).
 # Knobs: DURATION (10s), ROUNDS (3), CONCURRENCY (8), BATCH (100), EVENT_SIZE (1024),
 # WORKERS (1: the async runtime threads of the bridge and, to compare like with like, of the
 # direct producer; 0 = one per core). The HTTP load generator keeps one thread per core.
@@ -36,7 +37,7 @@ BIN=target/release/c360-bridge; LG=target/release/c360-loadgen; DIRECT="$LG --wo
 KEY=bench-key; PORT="${BENCH_PORT:-18181}"
 PID=""; trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null || true' EXIT # no bridge outlives a failure
 # Results of earlier invocations (other ROUNDS, older binaries) must not enter this table.
-rm -f "$OUT"/*.json "$OUT"/*-rss "$OUT"/*.cpu "$OUT"/ledger-redis-cpu-*
+rm -f "$OUT"/*.json "$OUT"/*-rss "$OUT"/*.cpu "$OUT"/ledger-redis-cpu-* "$OUT"/traces-*-dropped-*
 
 load() { echo --concurrency "${SENDERS:-$CONCURRENCY}" --batch-size "${1:-$BATCH}" --event-size "$EVENT_SIZE" --duration "$DURATION"; }
 wait_ready() { for _ in $(seq 1 200); do curl -fs "http://$1/readyz" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "bridge not ready" >&2; return 1; }
@@ -215,6 +216,34 @@ median tls-plain http; median tls-https http
 fresh_tansu
 fi
 
+# Traces on tansu, alternating in the same rounds: the bridge with tracing off, with every batch
+# sampled and with 10 % sampled (OTEL_TRACES_SAMPLER), exporting over OTLP/HTTP to
+# `c360-loadgen otlp-sink` (200 to every export); with BASELINE_BIN (a c360-bridge built
+# without the tracing code), that binary too.
+TEL_TOML='[telemetry]
+otlp_endpoint = "http://127.0.0.1:4318"'
+if want traces; then
+$LG otlp-sink --listen 127.0.0.1:4318 >"$OUT/otlp-sink.log" 2>&1 & SINK_PID=$!
+trace_modes="off all tenth${BASELINE_BIN:+ baseline}"
+for r in $(seq 1 "$ROUNDS"); do
+  for m in $trace_modes; do
+    fresh_tansu
+    case $m in
+      off) serve traces-off "$TANSU_SINK" ;;
+      all) OTEL_TRACES_SAMPLER=always_on serve traces-all "$TANSU_SINK" "" "$TEL_TOML" ;;
+      tenth) OTEL_TRACES_SAMPLER=traceidratio OTEL_TRACES_SAMPLER_ARG=0.1 serve traces-tenth "$TANSU_SINK" "" "$TEL_TOML" ;;
+      baseline) BIN="$BASELINE_BIN" serve traces-baseline "$TANSU_SINK" ;;
+    esac
+    measured "traces-$m-http-$r" "$(tansu_pid)" $LG http $(hook) $(load)
+    [ "$m" = off ] || curl -fs "http://127.0.0.1:$PORT/metrics" | awk '/^c360_spans_dropped_total/ {n += $NF} END {print n + 0}' >"$OUT/traces-$m-dropped-$r"
+    stop "traces-$m"
+  done
+done
+for m in $trace_modes; do median "traces-$m" http; done
+kill "$SINK_PID" 2>/dev/null || true
+fresh_tansu
+fi
+
 # Kafka on the mock cluster: `dev` embeds it (its route keys messages by /payload/new/id, so the
 # direct run does too); the direct run produces to the same cluster.
 if want kafka-mock; then
@@ -296,6 +325,20 @@ if want kafka-tansu; then
 printf '\n1-event batches on tansu: bridge %.0f requests/s (p99 %s ms), direct %.0f batches/s (p99 %s ms)\n' \
   "$(get "$OUT/one-event-http.json" "d['batches_per_s']")" "$(get "$OUT/one-event-http.json" "d['latency_ms']['p99']")" \
   "$(get "$OUT/one-event-direct.json" "d['batches_per_s']")" "$(get "$OUT/one-event-direct.json" "d['latency_ms']['p99']")"
+fi
+if want traces; then
+  o="$OUT/traces-off-http.json"
+  printf '\n| traces, kafka-tansu, %s-event batches | bridge events/s | vs tracing off | p99 ms | CPU µs per event, bridge / tansu | spans dropped | non-200 |\n|---|---|---|---|---|---|---|\n' "$BATCH"
+  for m in $trace_modes; do
+    h="$OUT/traces-$m-http.json"
+    printf '| %s | %.0f | %.3f | %s | %s | %s | %s |\n' "$m" "$(get "$h" "d['events_per_s']")" "$(ratio "$h" "$o")" \
+      "$(get "$h" "d['latency_ms']['p99']")" "$(cpu_per_event "traces-$m-http")" \
+      "$(cat "$OUT"/traces-$m-dropped-* 2>/dev/null | awk '{n += $1} END {print n + 0}')" \
+      "$(non200 "$OUT"/traces-$m-http-*.json)"
+  done
+  printf '\nAll rounds (events/s): '
+  for m in $trace_modes; do printf '%s %s; ' "$m" "$(rounds "traces-$m-http")"; done
+  printf '\n'
 fi
 if want ledger; then
   m="$OUT/ledger-memory-http.json"

@@ -1,6 +1,7 @@
 //! `c360-loadgen`: posts signed catalog360 batches to a bridge (`http`), or publishes the same
 //! events straight to the broker with the bridge's own sinks (`direct-kafka`, `direct-rabbit`),
-//! and reports events/s and per-batch latency percentiles as JSON.
+//! and reports events/s and per-batch latency percentiles as JSON; `otlp-sink` stands in for
+//! an OpenTelemetry collector while a traced bridge is measured.
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -106,6 +107,12 @@ enum Mode {
         #[command(flatten)]
         load: Load,
     },
+    /// Answer 200 to every OTLP/HTTP export (decoding nothing) until killed: the collector of
+    /// a traced bridge under load.
+    OtlpSink {
+        #[arg(long, default_value = "127.0.0.1:4318")]
+        listen: String,
+    },
 }
 
 /// What one sender saw.
@@ -139,10 +146,21 @@ fn main() -> Result<()> {
                 channels,
                 load,
             } => direct_rabbit(url, exchange, bind_queue, channels, load).await,
+            Mode::OtlpSink { listen } => otlp_sink(&listen).await,
         }
     })?;
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+/// `otlp-sink`: takes every POST and answers 200 with an empty export response.
+async fn otlp_sink(listen: &str) -> Result<serde_json::Value> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listen on {listen}"))?;
+    let app = axum::Router::new().fallback(|_body: Bytes| async { (http::StatusCode::OK, "") });
+    axum::serve(listener, app).await?;
+    Ok(json!({}))
 }
 
 /// `direct-kafka`: the bridge's Kafka sink, once a broker at `bootstrap` answered.
