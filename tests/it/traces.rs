@@ -123,6 +123,39 @@ fn attrs(span: &Span) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The spans as an indented tree (parent first), with their attributes: for `--nocapture`.
+fn tree(spans: &[Span]) -> String {
+    fn walk(spans: &[Span], parent: &[u8], depth: usize, out: &mut String) {
+        for s in spans.iter().filter(|s| s.parent_span_id == parent) {
+            let kind = if s.kind == SpanKind::Server as i32 {
+                "SERVER"
+            } else {
+                "PRODUCER"
+            };
+            out.push_str(&format!(
+                "{}{} [{kind}] {:?}\n",
+                "  ".repeat(depth),
+                s.name,
+                attrs(s)
+            ));
+            walk(spans, &s.span_id, depth + 1, out);
+        }
+    }
+    let ids: Vec<&Vec<u8>> = spans.iter().map(|s| &s.span_id).collect();
+    let mut out = String::new();
+    for root in spans.iter().filter(|s| !ids.contains(&&s.parent_span_id)) {
+        out.push_str(&format!("(parent {}) ", hex(&root.parent_span_id)));
+        walk(
+            std::slice::from_ref(root),
+            &root.parent_span_id,
+            0,
+            &mut out,
+        );
+        walk(spans, &root.span_id, 1, &mut out);
+    }
+    out
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -214,6 +247,10 @@ async fn traces_over_grpc_and_http_link_the_post_its_producer_spans_and_the_mess
         // The spans: one SERVER span under the caller's, six PRODUCER spans under it.
         let spans = received.of_trace(&unhex(&trace_id), 7).await;
         assert_eq!(spans.len(), 7, "{protocol}: {spans:#?}");
+        eprintln!(
+            "{protocol}: the trace as the receiver got it:\n{}",
+            tree(&spans)
+        );
         let server: Vec<&Span> = spans
             .iter()
             .filter(|s| s.kind == SpanKind::Server as i32)
@@ -268,6 +305,22 @@ async fn traces_over_grpc_and_http_link_the_post_its_producer_spans_and_the_mess
             tp.starts_with(&format!("00-{unsampled}-")) && tp.ends_with("-00"),
             "{tp}"
         );
+        // A refusal: the SERVER span says its status and reason; nothing is produced.
+        let refused = format!("{:032x}", rand_u128());
+        let r = reqwest::Client::new()
+            .post(bridge.url("/hook"))
+            .header("traceparent", format!("00-{refused}-{parent}-01"))
+            .header("X-C360-Signature", "bm90IGEgc2lnbmF0dXJl")
+            .body(batch(&events))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let spans = received.of_trace(&unhex(&refused), 1).await;
+        assert_eq!(spans.len(), 1, "{protocol}: only the SERVER span");
+        let a = attrs(&spans[0]);
+        assert_eq!(a["http.response.status_code"], "401");
+        assert!(!a["c360.reason"].is_empty(), "{a:?}");
         bridge.shutdown().await; // exports every span still queued
         let leaked = received
             .0
