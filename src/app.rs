@@ -1,14 +1,14 @@
 //! `App`: everything a running bridge shares — webhooks, routes, sinks, ledger, limits.
 
 use crate::config::{Config, ConfigError, SinkConfig};
-use crate::dead_letter::DeadLetter;
-use crate::keys::WebhookKeys;
-use crate::ledger::{Ledger, RedisSetupError};
-use crate::routing::Routes;
+use crate::delivery::dead_letter::DeadLetter;
+use crate::delivery::ledger::{Ledger, RedisSetupError};
+use crate::delivery::routing::Routes;
 use crate::server::Limits;
 use crate::server::client_addr::{self, Cidr};
 use crate::server::tls::{Tls, TlsError};
 use crate::telemetry::{Telemetry, TelemetryError};
+use crate::webhook::keys::WebhookKeys;
 use c360_sinks::kafka::{KafkaSetupError, KafkaSink};
 use c360_sinks::rabbitmq::{RabbitSetupError, RabbitSink};
 use c360_sinks::{Messaging, Readiness, Sink};
@@ -115,7 +115,7 @@ fn dead_letter_topic(config: &Config, name: &str, sink: &Arc<KafkaSink>) {
         && dl.sink == name
         && !dl.topic.contains('{')
     {
-        crate::dead_letter::look_at_kafka_topic(sink.clone(), dl.topic.clone());
+        crate::delivery::dead_letter::look_at_kafka_topic(sink.clone(), dl.topic.clone());
     }
 }
 
@@ -155,7 +155,13 @@ impl App {
         sinks: Vec<Arc<dyn Sink>>,
     ) -> Result<Self, BuildError> {
         let routes = Routes::compile(&config, file)?;
-        crate::metrics::start_up(&config, &routes);
+        // Destinations known before any event: routes whose topic has no placeholder.
+        let fixed = routes.iter().flat_map(|r| &r.targets);
+        let fixed = fixed.filter(|t| t.topic.placeholders().next().is_none());
+        crate::telemetry::metrics::start_up(
+            &config,
+            fixed.map(|t| (t.sink_name.as_str(), t.topic.text.as_str())),
+        );
         let dead_letter = DeadLetter::compile(&config, file)?;
         let (answer_deadline, _) = deadlines(config.server.ack_timeout);
         let tls = match &config.server.tls {

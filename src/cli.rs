@@ -1,9 +1,12 @@
 //! Argument parsing and the six subcommands; anyhow lives here, at the edge.
 
 use anyhow::{Context, Result, bail};
+use c360_bridge::App;
 use c360_bridge::config::{self, LogFormat};
-use c360_bridge::dead_letter::DeadLetter;
-use c360_bridge::{App, asyncapi, dev, keys, routing, sample, signature};
+use c360_bridge::delivery::dead_letter::DeadLetter;
+use c360_bridge::delivery::routing;
+use c360_bridge::ops::{asyncapi, dev, sample};
+use c360_bridge::webhook::{keys, signature};
 use clap::{Parser, Subcommand};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -212,7 +215,7 @@ fn check(file: &Path, connect: bool) -> Result<()> {
 /// and the missing Kafka topics; an error when any failed.
 fn print_connect(config: &config::Config, routes: &routing::Routes) -> Result<()> {
     let mut failed = Vec::new();
-    for r in c360_bridge::connect::everything(config, routes) {
+    for r in c360_bridge::ops::connect::everything(config, routes) {
         match &r.outcome {
             Ok(what) => println!("{}: ok ({what})", r.name),
             Err(why) => {

@@ -1,29 +1,13 @@
 //! c360-bridge: receives catalog360 Outbound Webhooks and publishes every event to Kafka and/or
 //! RabbitMQ, answering 200 only once every event is confirmed by its broker.
 
-pub mod answer;
 pub mod app;
-pub mod asyncapi;
-pub mod cloudevents;
 pub mod config;
-pub mod connect;
-pub mod dead_letter;
-pub mod dev;
-pub mod envelope;
-pub mod event_id;
-pub mod http;
-pub mod ingest;
-pub mod keys;
-pub mod ledger;
-pub mod metrics;
-pub mod publish;
-pub mod routing;
-pub mod sample;
-pub mod secrets;
+pub mod delivery;
+pub mod ops;
 pub mod server;
-pub mod signature;
 pub mod telemetry;
-pub mod watch;
+pub mod webhook;
 
 pub use app::App;
 
@@ -63,7 +47,7 @@ pub async fn serve(
     tokio::spawn(watch_files(&app, stop.clone()));
     let main = server::Listener {
         name: "webhook",
-        router: http::router(app.clone(), admin.is_none()),
+        router: server::http::router(app.clone(), admin.is_none()),
         limits: app.limits,
         tls: app.tls.clone(),
     };
@@ -72,7 +56,7 @@ pub async fn serve(
         Some(admin) => {
             let admin_listener = server::Listener {
                 name: "admin",
-                router: http::admin_router(app.clone()),
+                router: server::http::admin_router(app.clone()),
                 limits: app.limits,
                 tls: None,
             };
@@ -91,13 +75,13 @@ fn watch_files(app: &App, stop: CancellationToken) -> impl Future<Output = ()> +
     let webhooks = app.webhook_keys();
     let tls = app.tls.clone();
     let polled = tls.is_some() || webhooks.iter().any(|w| w.has_file());
-    let reload: watch::Reload = Arc::new(move |t| {
-        keys::reload_all(&webhooks, t);
+    let reload: config::watch::Reload = Arc::new(move |t| {
+        webhook::keys::reload_all(&webhooks, t);
         if let Some(tls) = &tls {
             tls.reload(t);
         }
     });
-    watch::run(reload, polled, app.keys_poll_interval, stop, || {
+    config::watch::run(reload, polled, app.keys_poll_interval, stop, || {
         tracing::info!(
             "SIGHUP: nothing is read from a file (no keys_file, no server.tls); inline and keys_env keys change only with a restart"
         )

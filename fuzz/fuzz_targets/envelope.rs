@@ -2,7 +2,7 @@
 //! byte-exact slice of the body that parses again with serde_json's defaults.
 #![no_main]
 
-use c360_bridge::envelope::split_limited;
+use c360_bridge::webhook::envelope::split_limited;
 use libfuzzer_sys::fuzz_target;
 
 const MAX_EVENTS: usize = 5;

@@ -4,7 +4,9 @@
 #![no_main]
 
 use bytes::Bytes;
-use c360_bridge::{App, config, http::router, signature::sign};
+use c360_bridge::server::http::router;
+use c360_bridge::webhook::signature::sign;
+use c360_bridge::{App, config};
 use c360_sinks::memory::MemorySink;
 use libfuzzer_sys::fuzz_target;
 use std::sync::{Arc, OnceLock};

@@ -2,7 +2,7 @@
 //! header that decodes to the body's HMAC under the key it names.
 #![no_main]
 
-use c360_bridge::signature::{TEST_KEY, Verdict, Verifier, sign};
+use c360_bridge::webhook::signature::{TEST_KEY, Verdict, Verifier, sign};
 use libfuzzer_sys::fuzz_target;
 use secrecy::SecretString;
 

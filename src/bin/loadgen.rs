@@ -5,8 +5,9 @@
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use c360_bridge::routing::KeyPointer;
-use c360_bridge::{sample, signature};
+use c360_bridge::delivery::routing::KeyPointer;
+use c360_bridge::ops::sample;
+use c360_bridge::webhook::signature;
 use c360_sinks::kafka::{KafkaConfig, KafkaSink};
 use c360_sinks::rabbitmq::{RabbitConfig, RabbitSink};
 use c360_sinks::{EventMeta, Message, Sink};
@@ -292,7 +293,7 @@ impl Template {
                 let class = if poison {
                     POISON_CLASS
                 } else {
-                    c360_bridge::routing::KNOWN_EVENT_CLASSES[i % 11]
+                    c360_bridge::delivery::routing::KNOWN_EVENT_CLASSES[i % 11]
                 };
                 let mut ev = sample::event(
                     class,
@@ -377,10 +378,10 @@ fn messages(
     key: Option<&KeyPointer>,
     webhook: &Arc<str>,
 ) -> Result<Vec<Message>> {
-    let events = c360_bridge::envelope::split(body, usize::MAX)?;
-    let ids = c360_bridge::event_id::event_ids(webhook, &events);
-    let ce = c360_bridge::cloudevents::Batch::new(
-        c360_bridge::cloudevents::default_source(webhook).into(),
+    let events = c360_bridge::webhook::envelope::split(body, usize::MAX)?;
+    let ids = c360_bridge::webhook::event_id::event_ids(webhook, &events);
+    let ce = c360_bridge::delivery::cloudevents::Batch::new(
+        c360_bridge::delivery::cloudevents::default_source(webhook).into(),
         std::time::SystemTime::now(),
     );
     Ok(events

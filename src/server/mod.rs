@@ -10,9 +10,10 @@
 //! speaks): hyper-util's auto builder waits for an HTTP/2 preface without any timer.
 
 pub mod client_addr;
+pub mod http;
 pub mod tls;
 
-use crate::metrics as m;
+use crate::telemetry::metrics as m;
 use axum::Router;
 use client_addr::Peer;
 use hyper::body::Incoming;
@@ -273,7 +274,7 @@ struct RequestService {
 impl RequestService {
     fn call(
         &self,
-        mut req: http::Request<Incoming>,
+        mut req: ::http::Request<Incoming>,
     ) -> impl Future<Output = Result<axum::response::Response, std::convert::Infallible>> + use<>
     {
         req.extensions_mut().insert(Peer(self.peer));

@@ -1,7 +1,7 @@
 //! HTTPS: the rustls certificate pair in force, re-read when its files change and on SIGHUP.
 
 use crate::config::TlsConfig;
-use crate::watch::Trigger;
+use crate::config::watch::Trigger;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
@@ -41,7 +41,7 @@ impl Tls {
     pub fn load(files: &TlsConfig) -> Result<Self, TlsError> {
         let (cert, key) = read_pair(files)?;
         let (config, not_after) = server_config(files, &cert, &key)?;
-        crate::metrics::tls_cert_expiry(not_after);
+        crate::telemetry::metrics::tls_cert_expiry(not_after);
         Ok(Self {
             files: files.clone(),
             current: RwLock::new(Arc::new(config)),
@@ -75,7 +75,7 @@ impl Tls {
         let result = match read.and_then(|(c, k)| server_config(&self.files, &c, &k)) {
             Ok((config, not_after)) => {
                 *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
-                crate::metrics::tls_cert_expiry(not_after);
+                crate::telemetry::metrics::tls_cert_expiry(not_after);
                 tracing::info!(cert = %self.files.cert_file.display(), trigger = trigger.name(),
                     "TLS certificate re-read: the new pair is served to new connections");
                 "ok"
@@ -88,7 +88,7 @@ impl Tls {
                 "error"
             }
         };
-        crate::metrics::tls_reload(result);
+        crate::telemetry::metrics::tls_reload(result);
         Some(result)
     }
 }

@@ -3,7 +3,7 @@
 //! for every file in config/ and for a config with every placeholder, a merge and dropped classes.
 
 use crate::harness::*;
-use c360_bridge::sample::payload_class;
+use c360_bridge::ops::sample::payload_class;
 use serde_json::Value;
 
 /// A row of `check`'s routing table.

@@ -168,7 +168,7 @@ async fn send_posts_a_signed_sample_of_every_class() {
         .map(|m| m.routing_key)
         .collect();
     keys.sort();
-    assert_eq!(keys, c360_bridge::routing::KNOWN_EVENT_CLASSES);
+    assert_eq!(keys, c360_bridge::delivery::routing::KNOWN_EVENT_CLASSES);
     let url = bridge.url("/hook");
     let (code, out, _) =
         tokio::task::spawn_blocking(move || run(&["send", "--url", &url, "--key", "bad"], None))

@@ -104,7 +104,7 @@ pub fn served_leaf(s: &Tls) -> Vec<u8> {
 
 /// Sends one request on a kept-alive connection and reads its answer: (status, body).
 pub async fn exchange(s: &mut Tls, method: &str, path: &str, body: &[u8]) -> (u16, String) {
-    let sig = c360_bridge::signature::sign(KEY.as_bytes(), body);
+    let sig = c360_bridge::webhook::signature::sign(KEY.as_bytes(), body);
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nX-C360-Signature: {sig}\r\nContent-Length: {}\r\n\r\n",
         body.len()
@@ -379,7 +379,7 @@ async fn post_from(t: &Target, xff: Option<&str>) -> Reply {
         .post(t.bridge.url("/hook"))
         .header(
             "x-c360-signature",
-            c360_bridge::signature::sign(KEY.as_bytes(), &body),
+            c360_bridge::webhook::signature::sign(KEY.as_bytes(), &body),
         )
         .body(body);
     if let Some(v) = xff {

@@ -1,7 +1,8 @@
 //! Test harness: a bridge served on port 0 from a TOML string, and real consumers for what it
 //! published (rdkafka assigned from offset 0; lapin `basic_get` on a bound queue).
 
-use c360_bridge::{App, config, signature};
+use c360_bridge::webhook::signature;
+use c360_bridge::{App, config};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};

@@ -374,7 +374,7 @@ async fn two_hundred_headers_and_a_64_kib_header_get_a_fast_4xx() {
     let _shared = SHARED_BROKERS.read().await;
     let t = Target::start(&server_toml(""), "").await;
     let body = batch(&[event("task_created", "h")]);
-    let sig = c360_bridge::signature::sign(KEY.as_bytes(), &body);
+    let sig = c360_bridge::webhook::signature::sign(KEY.as_bytes(), &body);
     let mut many = format!(
         "POST /hook HTTP/1.1\r\nHost: b\r\nConnection: close\r\nContent-Type: application/json\r\nX-C360-Signature: {sig}\r\nContent-Length: {}\r\n",
         body.len()
@@ -577,7 +577,7 @@ async fn keys_and_signatures_never_reach_the_log() {
     let body = batch(&[event("task_created", "log")]);
     let mut signatures = Vec::new();
     for key in [KEY, "wrong-key", "test-webhook"] {
-        signatures.push(c360_bridge::signature::sign(key.as_bytes(), &body));
+        signatures.push(c360_bridge::webhook::signature::sign(key.as_bytes(), &body));
         let r = reqwest::Client::new()
             .post(served.url("/hook"))
             .header("x-c360-signature", signatures.last().unwrap())

@@ -414,7 +414,7 @@ async fn a_stalled_body_gets_408_at_the_deadline_and_publishes_nothing() {
     create_topics(&kafka(), &[format!("{prefix}.task_created")], 1).await;
     let bridge = Bridge::start(&config(&prefix, &kafka(), "1s")).await;
     let body = batch(&[event("task_created", "1")]);
-    let sig = c360_bridge::signature::sign(KEY.as_bytes(), &body);
+    let sig = c360_bridge::webhook::signature::sign(KEY.as_bytes(), &body);
     let mut conn = tokio::net::TcpStream::connect(bridge.addr).await.unwrap();
     let head = format!(
         "POST /hook HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-c360-signature: {sig}\r\ncontent-length: {}\r\n\r\n",

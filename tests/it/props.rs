@@ -4,7 +4,8 @@
 //! byte-exact slice of the body that parses again with serde_json.
 
 use crate::harness::*;
-use c360_bridge::{App, config, signature::sign};
+use c360_bridge::webhook::signature::sign;
+use c360_bridge::{App, config};
 use c360_sinks::memory::MemorySink;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};

@@ -6,7 +6,7 @@
 use crate::harness::{self, Bridge, Queue, Served, create_topics, kafka, post};
 use crate::redis_server::{self, RedisCluster, RedisServer};
 use c360_bridge::config::{LedgerBackend, LedgerConfig};
-use c360_bridge::ledger::{Health, Pair, RedisLedger, Subject};
+use c360_bridge::delivery::ledger::{Health, Pair, RedisLedger, Subject};
 use lapin::types::FieldTable;
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -219,7 +219,11 @@ async fn a_redis_that_frees_expired_sets_in_its_main_thread_is_named_in_the_log(
             redis_ledger(&redis.url(), false),
         );
         let (_dir, path) = harness::write_config(&toml);
-        let served = Served::start(&path, &[("RUST_LOG", "info,c360_bridge::ledger=debug")]).await;
+        let served = Served::start(
+            &path,
+            &[("RUST_LOG", "info,c360_bridge::delivery::ledger=debug")],
+        )
+        .await;
         let body = harness::batch(&[harness::event("task_created", &harness::unique("ev"))]);
         assert_eq!(
             post(&served.url("/hook"), &body, Some(KEY)).await.status,

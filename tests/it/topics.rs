@@ -159,7 +159,7 @@ async fn concurrent_good_traffic_keeps_200s_and_readiness_while_a_missing_topic_
                     .post(&url)
                     .header(
                         "x-c360-signature",
-                        c360_bridge::signature::sign(KEY.as_bytes(), &body),
+                        c360_bridge::webhook::signature::sign(KEY.as_bytes(), &body),
                     )
                     .body(body);
                 let status = match req.send().await {

@@ -190,7 +190,7 @@ async fn post_traced(bridge: &Bridge, events: &[String], traceparent: &str) {
         .header("traceparent", traceparent)
         .header(
             "X-C360-Signature",
-            c360_bridge::signature::sign(KEY.as_bytes(), &batch(events)),
+            c360_bridge::webhook::signature::sign(KEY.as_bytes(), &batch(events)),
         )
         .body(batch(events))
         .send()

@@ -2,12 +2,12 @@
 //! confirms awaited (until one publish deadline), permanent failures sent to the dead letter,
 //! one ledger write of what was confirmed, and the counters.
 
-use crate::answer::Rejection;
 use crate::app::App;
-use crate::dead_letter::{self, Class};
-use crate::ledger;
-use crate::metrics as m;
+use crate::delivery::dead_letter::{self, Class};
+use crate::delivery::ledger;
 use crate::telemetry;
+use crate::telemetry::metrics as m;
+use crate::webhook::answer::Rejection;
 use c360_sinks::{Message, Permanence, SinkError};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

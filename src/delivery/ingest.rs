@@ -2,18 +2,18 @@
 //! Publishing the planned jobs is `publish`'s; events no broker will ever take go to the dead
 //! letter when one is configured (`dead_letter`).
 
-use crate::answer::{Answer, Rejection};
 use crate::app::{App, Webhook};
-use crate::cloudevents;
 use crate::config::Unrouted;
-use crate::envelope::{self, EnvelopeError, Event};
-use crate::event_id::event_ids;
-use crate::ledger::Subject;
-use crate::metrics as m;
-use crate::publish::{self, Job};
-use crate::routing::Target;
-use crate::signature::{HEADER, Verdict};
+use crate::delivery::cloudevents;
+use crate::delivery::ledger::Subject;
+use crate::delivery::publish::{self, Job};
+use crate::delivery::routing::Target;
 use crate::telemetry;
+use crate::telemetry::metrics as m;
+use crate::webhook::answer::{Answer, Rejection};
+use crate::webhook::envelope::{self, EnvelopeError, Event};
+use crate::webhook::event_id::event_ids;
+use crate::webhook::signature::{HEADER, Verdict};
 use bytes::Bytes;
 use c360_sinks::{EventMeta, Message, Permanence};
 use std::net::IpAddr;

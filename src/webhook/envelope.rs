@@ -112,8 +112,7 @@ impl<'de> Visitor<'de> for KeyIndex<'_> {
     }
 }
 
-/// serde_json's recursion limit, the strictest common consumer parser (webhooks' `max_depth`).
-pub const DEFAULT_MAX_DEPTH: usize = 128;
+pub use crate::config::DEFAULT_MAX_DEPTH;
 
 /// Splits `body` into its events with the default depth limit; other top-level fields are
 /// ignored.

@@ -7,8 +7,8 @@
 //! the batch gets 503 and catalog360 resends it, and nothing of it goes to the dead letter.
 
 use crate::config::{Config, ConfigError, DeadLetterConfig, SinkConfig, invalid};
-use crate::metrics as m;
-use crate::routing::Template;
+use crate::delivery::routing::Template;
+use crate::telemetry::metrics as m;
 use bytes::Bytes;
 use c360_sinks::{DeadLetterHeaders, EventMeta, Message, Permanence, Sink, SinkError};
 use std::path::Path;

@@ -1,7 +1,7 @@
 //! Routing: `event_class` → [(sink, topic, key)], compiled once at start-up from `[[routes]]`.
 
 use crate::config::{Config, ConfigError, RouteConfig, SinkConfig, Unrouted, invalid};
-use crate::envelope::{self, Event};
+use crate::webhook::envelope::{self, Event};
 use globset::{Glob, GlobMatcher};
 use serde_json::value::RawValue;
 use std::path::Path;
@@ -322,7 +322,7 @@ mod tests {
         let body = format!(
             r#"{{"events":[{{"event_class":"task_created"}},{{"event_class":"aufgabe/geprüft"}},{{"event_class":".."}},{{"event_class":"{long}"}}]}}"#
         );
-        let ev = crate::envelope::split(body.as_bytes(), 100).unwrap();
+        let ev = crate::webhook::envelope::split(body.as_bytes(), 100).unwrap();
         let kafka = Template::parse("catalog360.{event_class}", true).unwrap();
         let bare = Template::parse("{event_class}", true).unwrap();
         let amqp = Template::parse("{event_class}", false).unwrap();

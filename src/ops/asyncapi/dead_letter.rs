@@ -3,8 +3,8 @@
 
 use super::{Context, Destination, operation};
 use crate::config::Config;
-use crate::dead_letter::DeadLetter;
-use crate::routing::{KNOWN_EVENT_CLASSES, Target};
+use crate::delivery::dead_letter::DeadLetter;
+use crate::delivery::routing::{KNOWN_EVENT_CLASSES, Target};
 use serde_json::{Value, json};
 
 /// The channel id of the dead letter. Route channel ids always join sink and template with

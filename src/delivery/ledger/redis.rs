@@ -22,7 +22,7 @@
 
 use super::{Health, Pair};
 use crate::config::{LedgerConfig, LedgerTls};
-use crate::metrics as m;
+use crate::telemetry::metrics as m;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
@@ -538,7 +538,7 @@ fn unix_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::Subject;
+    use crate::delivery::ledger::Subject;
 
     #[tokio::test]
     async fn a_batch_is_grouped_by_set_named_by_prefix_webhook_sink_window_and_cluster_shard() {

@@ -12,7 +12,7 @@ pub mod memory;
 pub mod redis;
 
 use crate::config::{LedgerBackend, LedgerConfig, LedgerMatch};
-use crate::event_id::EventId;
+use crate::webhook::event_id::EventId;
 pub use key::{Subject, Subjects};
 pub use memory::{BuildKeyHasher, Key, KeyHasher, MemoryLedger};
 pub use redis::{RedisLedger, RedisSetupError};

@@ -6,11 +6,11 @@
 //! faster non-cryptographic hash because two events that collide would share a ledger entry,
 //! and a resent batch would then skip one of them.
 
-use crate::envelope::Event;
-use crate::ledger;
+use crate::webhook::envelope::Event;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// The id of one event of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,7 +30,7 @@ impl EventId {
     /// folded into bits the digest already randomises, so no second hash is needed. Distinct
     /// (repeat, sink) pairs of one event never collide; distinct events collide only as often
     /// as two 128-bit SHA-256 prefixes do.
-    pub fn ledger_key(&self, sink: usize) -> ledger::Key {
+    pub fn ledger_key(&self, sink: usize) -> u128 {
         self.digest ^ ((u128::from(self.repeat) << 64) | sink as u128)
     }
 }
@@ -47,7 +47,7 @@ impl fmt::Display for EventId {
 
 /// The ids of a batch's events, in order.
 pub fn event_ids(webhook: &str, events: &[Event]) -> Vec<EventId> {
-    let mut repeats: HashMap<u128, u32, ledger::BuildKeyHasher> = HashMap::default();
+    let mut repeats: HashMap<u128, u32, BuildKeyHasher> = HashMap::default();
     events
         .iter()
         .map(|e| {
@@ -68,10 +68,33 @@ pub fn event_ids(webhook: &str, events: &[Event]) -> Vec<EventId> {
         .collect()
 }
 
+/// Keys are already uniform SHA-256 bits: hashing them again (SipHash) is wasted work.
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(b);
+        }
+    }
+    fn write_u128(&mut self, k: u128) {
+        self.0 = k as u64;
+    }
+}
+
+/// For maps keyed by SHA-256 bits (the ledger, and the repeat count of event ids).
+pub type BuildKeyHasher = BuildHasherDefault<KeyHasher>;
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::split;
+    use crate::webhook::envelope::split;
 
     #[test]
     fn ids_are_the_hex_sha256_prefix_with_a_repeat_suffix() {

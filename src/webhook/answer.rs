@@ -1,7 +1,7 @@
 //! What the bridge answers: 200 `{"accepted": N}` or a rejection with `{"error", "message"}`.
 
-use crate::envelope::EnvelopeError;
-use crate::signature::SignatureError;
+use crate::webhook::envelope::EnvelopeError;
+use crate::webhook::signature::SignatureError;
 use axum::Json;
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;

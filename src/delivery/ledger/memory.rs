@@ -6,35 +6,13 @@
 //! 80 bytes with the map's overhead.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// What the ledger remembers of one (event, sink) pair: see `Subject::key`.
 pub type Key = u128;
 
-/// Keys are already uniform SHA-256 bits: hashing them again (SipHash) is wasted work.
-#[derive(Default)]
-pub struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.0 ^= u64::from_le_bytes(b);
-        }
-    }
-    fn write_u128(&mut self, k: u128) {
-        self.0 = k as u64;
-    }
-}
-
-/// For maps keyed by SHA-256 bits (the ledger, and the repeat count of event ids).
-pub type BuildKeyHasher = BuildHasherDefault<KeyHasher>;
+pub use crate::webhook::event_id::{BuildKeyHasher, KeyHasher};
 
 type KeyMap = HashMap<Key, Instant, BuildKeyHasher>;
 

@@ -1,8 +1,13 @@
 //! Configuration: defaults < TOML file < `C360_BRIDGE_*` environment, validated at start-up.
 
-pub use crate::server::client_addr::Cidr;
+pub mod cidr;
+pub mod key_list;
+pub mod secrets;
+pub mod watch;
+
 use c360_sinks::kafka::KafkaConfig;
 use c360_sinks::rabbitmq::RabbitConfig;
+pub use cidr::Cidr;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use secrecy::{ExposeSecret, SecretString};
@@ -290,7 +295,7 @@ impl WebhookConfig {
     pub fn ce_source(&self) -> String {
         self.source
             .clone()
-            .unwrap_or_else(|| crate::cloudevents::default_source(&self.name))
+            .unwrap_or_else(|| default_source(&self.name))
     }
 }
 
@@ -301,7 +306,7 @@ fn default_max_events() -> usize {
     100
 }
 fn default_max_depth() -> usize {
-    crate::envelope::DEFAULT_MAX_DEPTH
+    DEFAULT_MAX_DEPTH
 }
 
 /// `[sinks.NAME]`, tagged by `type`.
@@ -388,7 +393,7 @@ pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
     };
     let tree: figment::value::Value = fig.extract().map_err(load_error)?;
     let secrets =
-        crate::secrets::resolve(&tree).map_err(|e| invalid(file, e.key.clone(), e.to_string()))?;
+        secrets::resolve(&tree).map_err(|e| invalid(file, e.key.clone(), e.to_string()))?;
     if let Some(resolved) = secrets {
         fig = fig.merge(Serialized::globals(resolved));
     }
@@ -421,10 +426,10 @@ fn resolve_keys(config: &mut Config, file: Option<&Path>) -> Result<(), ConfigEr
                     format!("variable {var} is not set"),
                 )
             })?;
-            wh.env_keys = crate::keys::split(&value, ',');
+            wh.env_keys = key_list::split(&value, ',');
         }
         if let Some(path) = &wh.keys_file {
-            wh.file_keys = crate::keys::read_file(path)
+            wh.file_keys = key_list::read_file(path)
                 .map_err(|e| invalid(file, format!("webhooks[{i}].keys_file"), e.to_string()))?;
         }
     }
@@ -551,7 +556,7 @@ fn webhook_problem<'a>(
     }
     if wh
         .all_keys()
-        .any(|k| k.expose_secret() == crate::signature::TEST_KEY)
+        .any(|k| k.expose_secret() == key_list::TEST_KEY)
     {
         return Some((
             "keys",
@@ -577,6 +582,14 @@ fn webhook_problem<'a>(
         ));
     }
     None
+}
+
+/// serde_json's recursion limit, the strictest common consumer parser (webhooks' `max_depth`).
+pub const DEFAULT_MAX_DEPTH: usize = 128;
+
+/// A webhook's `source` when its configuration names none.
+pub fn default_source(webhook: &str) -> String {
+    format!("/catalog360/{webhook}")
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 
 use super::Key;
 use crate::config::LedgerMatch;
-use crate::event_id::EventId;
+use crate::webhook::event_id::EventId;
 use sha2::{Digest, Sha256};
 
 /// Sets the batch digest apart from any other SHA-256 the bridge takes.
@@ -101,8 +101,8 @@ fn batch_digest(ids: &[EventId]) -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::split;
-    use crate::event_id::event_ids;
+    use crate::webhook::envelope::split;
+    use crate::webhook::event_id::event_ids;
     use std::collections::HashSet;
 
     const A: &str = r#"{"event_class":"a","n":1}"#;

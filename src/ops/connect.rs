@@ -3,8 +3,8 @@
 //! nothing is published.
 
 use crate::config::{Config, LedgerBackend, SinkConfig};
-use crate::routing::{KNOWN_EVENT_CLASSES, Routes};
-use crate::sample;
+use crate::delivery::routing::{KNOWN_EVENT_CLASSES, Routes};
+use crate::ops::sample;
 use c360_sinks::kafka::{KafkaConfig, KafkaSink};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -42,7 +42,10 @@ pub fn everything(config: &Config, routes: &Routes) -> Vec<Report> {
         .collect();
     if config.ledger.backend == LedgerBackend::Redis {
         let outcome = match &runtime {
-            Ok(rt) => rt.block_on(crate::ledger::redis::probe(&config.ledger, ANSWER_WITHIN)),
+            Ok(rt) => rt.block_on(crate::delivery::ledger::redis::probe(
+                &config.ledger,
+                ANSWER_WITHIN,
+            )),
             Err(e) => Err(format!("no runtime: {e}")),
         };
         reports.push(report("ledger", outcome));

@@ -1,11 +1,11 @@
 //! The HTTP surface: webhook routes, and the operational endpoints /healthz, /readyz, /metrics.
 
-use crate::answer::{Answer, error_response};
 use crate::app::App;
-use crate::ingest;
-use crate::ledger;
-use crate::metrics as m;
+use crate::delivery::ingest;
+use crate::delivery::ledger;
 use crate::server::client_addr::{Peer, client_ip};
+use crate::telemetry::metrics as m;
+use crate::webhook::answer::{Answer, error_response};
 use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};

@@ -1,6 +1,6 @@
 //! Realistic catalog360 events and batches, for `send`, `dev` and the load generator.
 
-use crate::routing::KNOWN_EVENT_CLASSES;
+use crate::delivery::routing::KNOWN_EVENT_CLASSES;
 use serde_json::{Value, json};
 
 /// The payload class catalog360 pairs with an event class (`assetitem_created` → `assetitem`).

@@ -2,7 +2,7 @@
 //! a full queue or a failed export drops spans and counts them (`c360_spans_dropped_total`),
 //! so a slow or absent collector never slows a batch.
 
-use crate::metrics as m;
+use crate::telemetry::metrics as m;
 use opentelemetry_otlp::SpanExporter;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter as _, SpanProcessor};

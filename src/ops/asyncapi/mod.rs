@@ -6,8 +6,8 @@ mod schemas;
 mod yaml;
 
 use crate::config::{Config, SinkConfig};
-use crate::dead_letter::DeadLetter;
-use crate::routing::{KNOWN_EVENT_CLASSES, Route, Routes, Target};
+use crate::delivery::dead_letter::DeadLetter;
+use crate::delivery::routing::{KNOWN_EVENT_CLASSES, Route, Routes, Target};
 use schemas::Binding;
 use serde_json::{Map, Value, json};
 
@@ -271,7 +271,7 @@ impl Context {
                 "payload_class" => (
                     schemas::KNOWN_PAYLOAD_CLASSES
                         .iter()
-                        .chain(&[crate::routing::NO_PAYLOAD_CLASS])
+                        .chain(&[crate::delivery::routing::NO_PAYLOAD_CLASS])
                         .map(|c| c.to_string())
                         .collect(),
                     "The event's payload_class (`none` when it has none). The enum lists the known classes; unknown ones pass too.",

@@ -8,8 +8,7 @@ use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// The generic key catalog360 signs its test ping with.
-pub const TEST_KEY: &str = "test-webhook";
+pub use crate::config::key_list::TEST_KEY;
 
 /// The header carrying the signature.
 pub const HEADER: &str = "x-c360-signature";

@@ -2,7 +2,6 @@
 //! its HELP), the series that exist from start-up at zero, and the named counters the bridge keeps.
 
 use crate::config::{Config, SinkConfig};
-use crate::routing::Routes;
 use c360_sinks::Permanence;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -226,7 +225,7 @@ fn describe() {
 /// Creates, at zero, every series the shipped dashboard and alerts read whose labels are known
 /// from the configuration, so that the first increment shows in `increase()` and an alert has
 /// a series to look at before anything happened. Adds nothing to a series that already exists.
-pub fn start_up(config: &Config, routes: &Routes) {
+pub fn start_up<'a>(config: &Config, fixed_destinations: impl Iterator<Item = (&'a str, &'a str)>) {
     install(config.server.ack_timeout);
     gauge!("c360_ack_timeout_seconds").set(config.server.ack_timeout.as_secs_f64());
     gauge!("c360_batches_in_flight").increment(0.0);
@@ -261,10 +260,8 @@ pub fn start_up(config: &Config, routes: &Routes) {
         counter!("c360_ledger_skips_total", "sink" => name.clone()).increment(0);
     }
     // Destinations known before any event: routes whose topic has no placeholder.
-    for target in routes.iter().flat_map(|r| &r.targets) {
-        if target.topic.placeholders().next().is_none() {
-            events_published(&target.sink_name, &target.topic.text, 0);
-        }
+    for (sink, destination) in fixed_destinations {
+        events_published(sink, destination, 0);
     }
     for reason in DEAD_LETTER_REASONS {
         counter!("c360_events_dead_lettered_total", "reason" => reason.code()).increment(0);

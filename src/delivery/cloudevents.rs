@@ -7,10 +7,7 @@ use std::time::SystemTime;
 /// Prefix of every `type`: `com.catalog360.{event_class}`.
 pub const TYPE_PREFIX: &str = "com.catalog360.";
 
-/// A webhook's `source` when its configuration names none.
-pub fn default_source(webhook: &str) -> String {
-    format!("/catalog360/{webhook}")
-}
+pub use crate::config::default_source;
 
 /// The attributes every event of a batch shares: the webhook's `source` and the receipt time.
 pub struct Batch(Arc<BatchAttributes>);

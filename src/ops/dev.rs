@@ -4,7 +4,7 @@ use crate::App;
 use crate::config::{
     Config, LedgerConfig, LogConfig, RouteConfig, ServerConfig, SinkConfig, Unrouted, WebhookConfig,
 };
-use crate::routing::KNOWN_EVENT_CLASSES;
+use crate::delivery::routing::KNOWN_EVENT_CLASSES;
 use c360_sinks::kafka::KafkaConfig;
 use rdkafka::mocking::MockCluster;
 use secrecy::SecretString;
@@ -40,7 +40,7 @@ pub fn demo_config(listen: &str, bootstrap: &str, key: &str) -> Config {
             accept_test_ping: true,
             max_events: 100,
             source: None,
-            max_depth: crate::envelope::DEFAULT_MAX_DEPTH,
+            max_depth: crate::webhook::envelope::DEFAULT_MAX_DEPTH,
             allow_from: None,
         }],
         sinks: BTreeMap::from([("kafka".to_owned(), SinkConfig::Kafka(kafka))]),
