@@ -688,7 +688,7 @@ fn every_configuration_key_is_documented_and_every_documented_key_exists() {
 }
 
 /// The source scan agrees with serde: every key of the shipped configurations (which the
-/// bridge loads, tests/it/cli.rs checks them) is one the scan found.
+/// bridge loads: tests/it/asyncapi.rs runs `check` on each) is one the scan found.
 #[test]
 fn the_source_scan_finds_every_key_of_the_shipped_configurations() {
     let keys = Keys::from_sources();
