@@ -19,7 +19,9 @@
 # direct producer; 0 = one per core). The HTTP load generator keeps one thread per core.
 # SCENARIOS (default "kafka-tansu rabbitmq kafka-mock ledger dead-letter tls") picks what runs; C360_KAFKA_PORT
 # and C360_STATE put the benchmark's tansu on a port of its own (scripts/brokers.sh), BENCH_PORT
-# the bridge (18181); C360_REDIS_PORT the Redis of the ledger scenario (6379).
+# the bridge (18181); C360_REDIS_PORT the Redis of the ledger scenario (6379). PROFILE (release)
+# is the cargo profile built and run: PROFILE=profiling keeps symbols for `perf record`
+# (binaries in target/profiling/; the stripped release binary has none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${DURATION:-10s}"; ROUNDS="${ROUNDS:-3}"; WORKERS="${WORKERS:-1}"
@@ -32,8 +34,9 @@ want() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 # A separate assignment, so that `set -e` stops here when a broker cannot start.
 brokers_env=$(scripts/brokers.sh start)
 eval "$brokers_env"
-cargo build --release --locked --bins >&2
-BIN=target/release/c360-bridge; LG=target/release/c360-loadgen; DIRECT="$LG --worker-threads $WORKERS"
+PROFILE="${PROFILE:-release}"
+cargo build --profile "$PROFILE" --locked --bins >&2
+BIN=target/$PROFILE/c360-bridge; LG=target/$PROFILE/c360-loadgen; DIRECT="$LG --worker-threads $WORKERS"
 KEY=bench-key; PORT="${BENCH_PORT:-18181}"
 PID=""; trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null || true' EXIT # no bridge outlives a failure
 # Results of earlier invocations (other ROUNDS, older binaries) must not enter this table.

@@ -116,7 +116,7 @@ start_rabbitmq() {
 }
 
 # Debian's redis-server (redis-cli comes with it); no persistence: the ledger is an optimisation.
-# Expired and evicted ledger sets are freed in the background (README: Running several replicas).
+# Expired and evicted ledger sets are freed in the background (docs/deployment.md: Redis settings).
 start_redis() {
   if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
     log "installing redis-server (Debian)"

@@ -2,7 +2,7 @@
 
 mod cli;
 
-/// mimalloc for Rust's allocations (librdkafka keeps glibc's malloc): README, *Benchmarks*.
+/// mimalloc for Rust's allocations (librdkafka keeps glibc's malloc): docs/performance-notes.md.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -434,7 +434,7 @@ async fn a_blocked_rabbitmq_gets_503_on_time_and_200_after_restore() {
     bridge.wait_ready(Duration::from_secs(20)).await;
     // A publish already on the wire when RabbitMQ blocked is confirmed once it unblocks, after
     // the 503. Let that late confirm reach the ledger before resending, so the resend must skip
-    // it (otherwise the consumer may see it twice: the README's duplicate case 3).
+    // it (otherwise the consumer may see it twice: case 3 of the duplicates in docs/consumers.md).
     bridge.wait_idle(Duration::from_secs(10)).await;
     let r = post(&bridge.url("/hook"), &body, Some(KEY)).await;
     assert_eq!(r.status, 200, "{:?}", r.json);

@@ -7,6 +7,7 @@ mod attribution;
 mod cli;
 mod consumers;
 mod dead_letter;
+mod docs;
 mod facing;
 mod faults;
 mod harness;

@@ -18,6 +18,8 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const DASHBOARD: &str = "monitoring/grafana/c360-bridge.json";
 const ALERTS: &str = "monitoring/prometheus/alerts.yml";
 const ALERT_TESTS: &str = "monitoring/prometheus/alerts_test.yml";
+/// Where the alerts' `runbook_url`s point.
+const RUNBOOK: &str = "docs/operations.md";
 
 fn repo(path: &str) -> PathBuf {
     Path::new(ROOT).join(path)
@@ -437,32 +439,19 @@ fn prometheus_rule_is_rendered_from_the_alerts_and_every_runbook_link_resolves()
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    // GitHub's anchors of the README's headings: lower case, spaces to '-', punctuation dropped.
-    let readme = read("README.md");
-    let anchors: BTreeSet<String> = readme
-        .lines()
-        .filter_map(|l| l.strip_prefix('#'))
-        .map(|h| {
-            h.trim_start_matches('#')
-                .trim()
-                .to_lowercase()
-                .chars()
-                .filter_map(|c| match c {
-                    ' ' => Some('-'),
-                    c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
-                    _ => None,
-                })
-                .collect()
-        })
-        .collect();
+    // GitHub's anchors of the runbook page's headings.
+    let anchors = crate::docs::anchors(&read(RUNBOOK));
     let alerts = read(ALERTS);
     for line in alerts.lines().filter(|l| l.contains("runbook_url:")) {
         let anchor = line
-            .split("README.md#")
+            .split(&format!("{RUNBOOK}#"))
             .nth(1)
-            .unwrap_or_else(|| panic!("not a README anchor: {line}"))
+            .unwrap_or_else(|| panic!("not an anchor of {RUNBOOK}: {line}"))
             .trim_end_matches('"');
-        assert!(anchors.contains(anchor), "no README heading for #{anchor}");
+        assert!(
+            anchors.contains(anchor),
+            "no heading of {RUNBOOK} for #{anchor}"
+        );
     }
 }
 

@@ -449,7 +449,7 @@ fn headers(msg: &Message, cloudevents: bool) -> OwnedHeaders {
 /// Maps a librdkafka error to whether the bridge should tell the sender to retry.
 ///
 /// Permanent only when the failure belongs to this message and no retry can change it (the
-/// README's transient/permanent table): too large for the producer's `message.max.bytes` or the
+/// transient/permanent table of docs/operations.md): too large for the producer's `message.max.bytes` or the
 /// broker's limit, a record the broker validated and rejected, a topic name the broker refuses.
 /// Everything else may heal (a broker back, a topic created, an ACL granted, a batch-mate's bad
 /// record: `_INVALID_DIFFERENT_RECORD`; a corrupt message: librdkafka retries `INVALID_MSG`

@@ -1,7 +1,7 @@
 //! The memory ledger: confirmed (event, sink) pairs kept in this process alone.
 //!
 //! Bounded in entries and in age; it lives in memory, so a restart or another replica forgets
-//! it (the README lists the duplicates a consumer can therefore still see). An entry is the
+//! it (docs/consumers.md lists the duplicates a consumer can therefore still see). An entry is the
 //! 128-bit key of an (event, sink) pair (`Subject::key`) plus a timestamp, about
 //! 80 bytes with the map's overhead.
 

@@ -503,7 +503,7 @@ fn read(key: &'static str, path: &std::path::Path) -> Result<Vec<u8>, RedisSetup
 
 /// Warns when Redis frees expired keys in its main thread (`lazyfree-lazy-expire no`, the
 /// default of Redis 7): a ledger set holds a window's pairs, and freeing a large one blocks
-/// Redis for everyone (README, *Redis settings*). A Redis that refuses `CONFIG` (managed
+/// Redis for everyone (docs/deployment.md, *Redis settings*). A Redis that refuses `CONFIG` (managed
 /// services may) is only noted at debug level.
 async fn warn_unless_lazy_expire(mut conn: impl redis::aio::ConnectionLike, timeout: Duration) {
     let get = redis::cmd("CONFIG")
@@ -515,7 +515,7 @@ async fn warn_unless_lazy_expire(mut conn: impl redis::aio::ConnectionLike, time
         Ok(Ok(kv)) if kv.get(1).is_some_and(|v| v == "no") => tracing::warn!(
             "ledger: Redis frees expired keys in its main thread (lazyfree-lazy-expire no); a \
              ledger set holds a window's pairs, and when a large one expires Redis answers \
-             nobody until it is freed: set lazyfree-lazy-expire yes (README: Redis settings)"
+             nobody until it is freed: set lazyfree-lazy-expire yes (docs/deployment.md: Redis settings)"
         ),
         Ok(Ok(_)) => {
             tracing::debug!("ledger: Redis frees expired keys lazily (lazyfree-lazy-expire yes)")
