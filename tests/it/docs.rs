@@ -658,7 +658,7 @@ pub fn metric_problems(
 }
 
 fn metric_names() -> Vec<&'static str> {
-    c360_bridge::metrics::METRICS
+    c360_bridge::telemetry::metrics::METRICS
         .iter()
         .map(|(name, _, _)| *name)
         .collect()
