@@ -167,7 +167,10 @@ async fn rabbitmq_external_login_with_a_client_certificate_delivers() {
     // With TLS 1.3 the broker refuses the client certificate after the client's side of the
     // handshake is done: the refusal reads as an alert (`tls: …`) or, when the broker closes
     // first, as a reset connection.
-    let line = out.lines().find(|l| l.starts_with("rabbit: ")).unwrap_or_default();
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("rabbit: "))
+        .unwrap_or_default();
     assert!(!line.starts_with("rabbit: ok"), "{out}");
     assert!(err.contains("could not connect to rabbit"), "{err}");
 }
