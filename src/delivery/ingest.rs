@@ -153,7 +153,7 @@ fn plan(
 
 /// The job that publishes event `index` (its bytes `raw`, its headers `meta`, its ledger
 /// `subject`) to target `t`, or to the dead letter when its destination is illegal.
-fn event_job(
+pub fn event_job(
     app: &App,
     index: usize,
     event: &Event,

@@ -4,4 +4,5 @@
 pub mod asyncapi;
 pub mod connect;
 pub mod dev;
+pub mod redrive;
 pub mod sample;

@@ -35,6 +35,26 @@ impl EventId {
     }
 }
 
+impl std::str::FromStr for EventId {
+    type Err = String;
+
+    /// An id as the `c360-event-id` header carries it: 32 hex digits, and `-k` for a repeat.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (hex, repeat) = match s.split_once('-') {
+            Some((hex, k)) => (
+                hex,
+                k.parse::<u32>().map_err(|_| format!("{s:?}: bad repeat"))?,
+            ),
+            None => (s, 0),
+        };
+        if hex.len() != 32 {
+            return Err(format!("{s:?} is not 32 hex digits"));
+        }
+        let digest = u128::from_str_radix(hex, 16).map_err(|_| format!("{s:?} is not hex"))?;
+        Ok(Self { digest, repeat })
+    }
+}
+
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(f, "{:032x}", self.digest)?;
@@ -111,6 +131,15 @@ mod tests {
             format!("{}-1", hex::encode(&want[..16]))
         );
         assert_ne!(ids[0], ids[1]);
+    }
+
+    #[test]
+    fn an_id_reads_back_from_its_header_text() {
+        let body = br#"{"events":[{"event_class":"a"},{"event_class":"a"}]}"#;
+        for id in event_ids("w", &split(body, 10).unwrap()) {
+            assert_eq!(id.to_string().parse::<EventId>(), Ok(id));
+        }
+        assert!("xyz".parse::<EventId>().is_err());
     }
 
     #[test]

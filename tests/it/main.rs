@@ -21,6 +21,7 @@ mod partition;
 mod props;
 mod rabbit;
 mod redis_server;
+mod redrive;
 mod replicas;
 mod secure;
 mod secure_ledger;
