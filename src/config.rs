@@ -1,7 +1,9 @@
 //! Configuration: defaults < TOML file < `C360_BRIDGE_*` environment, validated at start-up.
 
 pub use crate::server::client_addr::Cidr;
+use c360_sinks::SinkKind;
 use c360_sinks::kafka::KafkaConfig;
+use c360_sinks::nats::NatsConfig;
 use c360_sinks::rabbitmq::RabbitConfig;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -291,21 +293,29 @@ fn default_max_depth() -> usize {
     crate::envelope::DEFAULT_MAX_DEPTH
 }
 
-/// `[sinks.NAME]`, tagged by `type`.
+/// `[sinks.NAME]`, tagged by `type`: one variant per kind of sink, each the configuration type
+/// its sink module defines (and implements [`SinkKind`] for).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SinkConfig {
     Kafka(KafkaConfig),
     Rabbitmq(RabbitConfig),
+    Nats(NatsConfig),
 }
 
 impl SinkConfig {
+    /// What the bridge knows of this kind of sink: defaults, destination rules, build, probe.
+    pub fn kind(&self) -> &dyn SinkKind {
+        match self {
+            SinkConfig::Kafka(k) => k,
+            SinkConfig::Rabbitmq(r) => r,
+            SinkConfig::Nats(n) => n,
+        }
+    }
+
     /// The destination template a route gets when it names none.
     pub fn default_topic(&self) -> &'static str {
-        match self {
-            SinkConfig::Kafka(_) => "catalog360.{event_class}",
-            SinkConfig::Rabbitmq(_) => "{event_class}",
-        }
+        self.kind().default_topic()
     }
 }
 
@@ -424,11 +434,9 @@ fn validate(config: &Config, file: Option<&Path>) -> Result<(), ConfigError> {
         return Err(invalid(file, format!("ledger.{key}"), problem));
     }
     for (name, sink) in &config.sinks {
-        let checked = match sink {
-            SinkConfig::Kafka(k) => k.validate().map_err(|e| e.to_string()),
-            SinkConfig::Rabbitmq(r) => r.validate().map_err(|e| e.to_string()),
-        };
-        checked.map_err(|m| invalid(file, format!("sinks.{name}"), m))?;
+        sink.kind()
+            .validate()
+            .map_err(|m| invalid(file, format!("sinks.{name}"), m))?;
     }
     if config.webhooks.is_empty() {
         return Err(invalid(

@@ -1,4 +1,5 @@
-//! The integration suite (one binary, so librdkafka is linked once): real tansu and RabbitMQ.
+//! The integration suite (one binary, so librdkafka is linked once): real tansu, RabbitMQ and
+//! nats-server.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -15,6 +16,7 @@ mod hostile;
 mod kafka;
 mod keys;
 mod ledger;
+mod nats;
 mod partition;
 mod props;
 mod rabbit;
