@@ -211,7 +211,7 @@ impl Template {
     pub fn legal(&self, d: String) -> Result<String, String> {
         match (self.rules.check)(&d) {
             Ok(()) => Ok(d),
-            Err(why) => Err(format!("gives {} {d:?}, {why}", self.rules.noun)),
+            Err(why) => Err(format!("gives {why}")),
         }
     }
 

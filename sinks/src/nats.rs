@@ -693,7 +693,7 @@ fn subject_literal(s: &str) -> Result<(), String> {
 fn subject_legal(d: &str) -> Result<(), String> {
     match illegal_subject(d) {
         None => Ok(()),
-        Some(why) => Err(why),
+        Some(why) => Err(format!("subject {d:?}, {why}")),
     }
 }
 

@@ -414,7 +414,9 @@ fn topic_legal(d: &str) -> Result<(), String> {
     if (1..=249).contains(&d.len()) && d.bytes().all(topic_byte) && d != "." && d != ".." {
         Ok(())
     } else {
-        Err("which Kafka does not allow (letters, digits, . _ - only, at most 249)".into())
+        Err(format!(
+            "Kafka topic {d:?}, which Kafka does not allow (letters, digits, . _ - only, at most 249)"
+        ))
     }
 }
 

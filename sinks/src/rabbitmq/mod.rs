@@ -550,7 +550,10 @@ fn routing_key_legal(d: &str) -> Result<(), String> {
     if d.len() <= 255 {
         Ok(())
     } else {
-        Err(format!("of {} bytes, over AMQP's 255", d.len()))
+        Err(format!(
+            "a routing key of {} bytes, over AMQP's 255",
+            d.len()
+        ))
     }
 }
 
