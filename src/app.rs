@@ -10,8 +10,7 @@ use crate::server::tls::{Tls, TlsError};
 use crate::telemetry::{Telemetry, TelemetryError};
 use crate::webhook::keys::WebhookKeys;
 use c360_sinks::kafka::{KafkaSetupError, KafkaSink};
-use c360_sinks::rabbitmq::{RabbitSetupError, RabbitSink};
-use c360_sinks::{Messaging, Readiness, Sink};
+use c360_sinks::{BuildContext, Messaging, Readiness, Sink};
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -90,18 +89,16 @@ pub enum BuildError {
         name: String,
         source: KafkaSetupError,
     },
-    #[error("sinks.{name}: {source}")]
-    Rabbit {
-        name: String,
-        source: RabbitSetupError,
-    },
+    #[error("sinks.{name}: {message}")]
+    Sink { name: String, message: String },
     #[error(transparent)]
     Ledger(#[from] RedisSetupError),
     #[error(transparent)]
     Telemetry(#[from] TelemetryError),
 }
 
-/// The answer deadline and librdkafka's `message.timeout.ms`, both derived from `ack_timeout`.
+/// The answer deadline and how long a sink may wait for one confirm (librdkafka's
+/// `message.timeout.ms`, the JetStream PubAck wait), both derived from `ack_timeout`.
 pub fn deadlines(ack_timeout: Duration) -> (Duration, Duration) {
     let answer = ack_timeout.mul_f64(0.9);
     let kafka_message = ack_timeout.mul_f64(0.75);
@@ -122,13 +119,13 @@ fn dead_letter_topic(config: &Config, name: &str, sink: &Arc<KafkaSink>) {
 impl App {
     /// Connects the configured sinks and compiles the routes. Must run inside a tokio runtime.
     pub fn build(config: Config, file: Option<&Path>) -> Result<Self, BuildError> {
-        let (_, kafka_timeout) = deadlines(config.server.ack_timeout);
+        let (_, confirm_within) = deadlines(config.server.ack_timeout);
         let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
         for (name, sc) in &config.sinks {
             sinks.push(match sc {
                 SinkConfig::Kafka(k) => {
                     let sink =
-                        Arc::new(KafkaSink::new(name, k, kafka_timeout).map_err(|source| {
+                        Arc::new(KafkaSink::new(name, k, confirm_within).map_err(|source| {
                             BuildError::Kafka {
                                 name: name.clone(),
                                 source,
@@ -137,12 +134,16 @@ impl App {
                     dead_letter_topic(&config, name, &sink);
                     sink
                 }
-                SinkConfig::Rabbitmq(r) => Arc::new(RabbitSink::new(name, r).map_err(
-                    |source| BuildError::Rabbit {
-                        name: name.clone(),
-                        source,
-                    },
-                )?),
+                other => {
+                    let ctx = BuildContext { confirm_within };
+                    other
+                        .kind()
+                        .build(name, &ctx)
+                        .map_err(|message| BuildError::Sink {
+                            name: name.clone(),
+                            message,
+                        })?
+                }
             });
         }
         Self::with_sinks(config, file, sinks)

@@ -52,6 +52,10 @@ pub const AMQP: Names = [
     "ce-subject",
 ];
 
+/// The NATS binding's binary mode (NATS servers 2.2 and later carry headers): `ce-` headers,
+/// the same names as the RabbitMQ binding.
+pub const NATS: Names = AMQP;
+
 impl CloudEvent {
     /// The attributes as (header name, value) under `names`; `subject` only when the message
     /// has a key that is text (the bridge's keys always are).

@@ -12,8 +12,9 @@ pub enum SinkError {
     /// The broker refused the message (Kafka error, AMQP nack).
     #[error("broker refused the message: {0}")]
     Refused(String),
-    /// RabbitMQ returned the message: no queue is bound for its routing key.
-    #[error("message unroutable: no queue bound for routing key {0:?}")]
+    /// Nothing takes the message at its destination: RabbitMQ returned it (no queue bound for
+    /// its routing key), or no JetStream stream captures its NATS subject.
+    #[error("message unroutable: {0}")]
     Unroutable(String),
     /// The Kafka cluster has no such topic (and the sink does not create topics).
     #[error("topic {0:?} does not exist on the Kafka cluster")]

@@ -1,4 +1,5 @@
-//! The sink layer of c360-bridge: one `Sink` trait, with Kafka and RabbitMQ implementations.
+//! The sink layer of c360-bridge: one `Sink` trait, with Kafka, RabbitMQ and NATS JetStream
+//! implementations.
 //!
 //! A sink knows nothing of HTTP or catalog360. It takes a [`Message`] (a destination, an
 //! optional key, the exact body bytes and a few headers) and returns once its broker has
@@ -7,12 +8,15 @@
 pub mod cloudevents;
 mod error;
 pub mod kafka;
+mod kind;
 #[cfg(feature = "test-util")]
 pub mod memory;
 mod message;
+pub mod nats;
 pub mod rabbitmq;
 
 pub use error::{Permanence, SinkError};
+pub use kind::{BuildContext, DestinationRules, SinkKind, anything};
 pub use message::{CONTENT_TYPE, DeadLetterHeaders, EventMeta, Message, TraceContext};
 
 use async_trait::async_trait;

@@ -1,7 +1,7 @@
 //! `c360-loadgen`: posts signed catalog360 batches to a bridge (`http`), or publishes the same
-//! events straight to the broker with the bridge's own sinks (`direct-kafka`, `direct-rabbit`),
-//! and reports events/s and per-batch latency percentiles as JSON; `otlp-sink` stands in for
-//! an OpenTelemetry collector while a traced bridge is measured.
+//! events straight to the broker with the bridge's own sinks (`direct-kafka`, `direct-rabbit`,
+//! `direct-nats`), and reports events/s and per-batch latency percentiles as JSON; `otlp-sink`
+//! stands in for an OpenTelemetry collector while a traced bridge is measured.
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -9,6 +9,7 @@ use c360_bridge::delivery::routing::KeyPointer;
 use c360_bridge::ops::sample;
 use c360_bridge::webhook::signature;
 use c360_sinks::kafka::{KafkaConfig, KafkaSink};
+use c360_sinks::nats::{NatsConfig, NatsSink};
 use c360_sinks::rabbitmq::{RabbitConfig, RabbitSink};
 use c360_sinks::{EventMeta, Message, Sink};
 use clap::{Args, Parser, Subcommand};
@@ -114,6 +115,19 @@ enum Mode {
         #[arg(long, default_value = "127.0.0.1:4318")]
         listen: String,
     },
+    /// Publish the same events with the bridge's NATS JetStream sink, no HTTP (subjects
+    /// `{prefix}.{event_class}`; a stream must capture them, e.g. with `--create-stream`).
+    DirectNats {
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        url: String,
+        #[arg(long, default_value = "catalog360")]
+        prefix: String,
+        /// Create this stream (capturing `{prefix}.>`) when it does not exist.
+        #[arg(long)]
+        create_stream: Option<String>,
+        #[command(flatten)]
+        load: Load,
+    },
 }
 
 /// What one sender saw.
@@ -148,6 +162,12 @@ fn main() -> Result<()> {
                 load,
             } => direct_rabbit(url, exchange, bind_queue, channels, load).await,
             Mode::OtlpSink { listen } => otlp_sink(&listen).await,
+            Mode::DirectNats {
+                url,
+                prefix,
+                create_stream,
+                load,
+            } => direct_nats(url, prefix, create_stream, load).await,
         }
     })?;
     println!("{}", serde_json::to_string_pretty(&report)?);
@@ -186,7 +206,7 @@ async fn direct_kafka(
     if let Err(why) = sink.probe_now(Duration::from_secs(5)) {
         anyhow::bail!("{why} (at {})", cfg.bootstrap_servers);
     }
-    direct(Arc::new(sink), format!("{prefix}."), key, load).await
+    direct(Arc::new(sink), format!("{prefix}."), key, false, load).await
 }
 
 /// `direct-rabbit`: the bridge's RabbitMQ sink, once connected (binding `bind_queue` first).
@@ -212,7 +232,33 @@ async fn direct_rabbit(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    direct(sink, String::new(), None, load).await
+    direct(sink, String::new(), None, false, load).await
+}
+
+/// `direct-nats`: the bridge's NATS sink, once connected (and its stream made).
+async fn direct_nats(
+    url: String,
+    prefix: String,
+    create_stream: Option<String>,
+    load: Load,
+) -> Result<serde_json::Value> {
+    let stream = create_stream.map(|name| {
+        json!({ "name": name, "subjects": [format!("{prefix}.>")], "duplicate_window": "2m" })
+    });
+    let cfg: NatsConfig = serde_json::from_value(json!({ "url": url, "create_stream": stream }))?;
+    let sink = Arc::new(NatsSink::new("nats", &cfg, Duration::from_secs(15))?);
+    let until = Instant::now() + Duration::from_secs(10);
+    while !sink.readiness().ready {
+        anyhow::ensure!(
+            Instant::now() < until,
+            "NATS not ready: {}",
+            sink.readiness().detail
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // JetStream would store a pool batch sent again once (same Nats-Msg-Id): every send gets
+    // ids of its own, as the bridge's events have.
+    direct(sink, format!("{prefix}."), None, true, load).await
 }
 
 async fn http(
@@ -331,11 +377,13 @@ impl Template {
 }
 
 /// The same events the `http` mode sends, published with a sink: one message per event,
-/// a batch's messages handed to the sink together (`publish_many`), as the bridge does.
+/// a batch's messages handed to the sink together (`publish_many`), as the bridge does. With
+/// `unique_ids`, send `n` suffixes every event id with `-n` (for brokers that dedupe on it).
 async fn direct(
     sink: Arc<dyn Sink>,
     prefix: String,
     key: Option<KeyPointer>,
+    unique_ids: bool,
     load: Load,
 ) -> Result<serde_json::Value> {
     let webhook: Arc<str> = "direct".into();
@@ -358,7 +406,17 @@ async fn direct(
         move |n| {
             let (sink, pool) = (sink.clone(), pool.clone());
             async move {
-                let messages: Vec<&Message> = pool[n as usize % pool.len()].iter().collect();
+                let batch = &pool[n as usize % pool.len()];
+                let renamed: Vec<Message> = if unique_ids {
+                    batch.iter().map(|m| with_id_suffix(m, n)).collect()
+                } else {
+                    Vec::new()
+                };
+                let messages: Vec<&Message> = if unique_ids {
+                    renamed.iter().collect()
+                } else {
+                    batch.iter().collect()
+                };
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
                 let results = sink.publish_many(&messages, deadline).await;
                 results
@@ -370,6 +428,17 @@ async fn direct(
     )
     .await?;
     Ok(report("direct", &load, tallies, started.elapsed()))
+}
+
+/// `m` with its event id suffixed `-n`.
+fn with_id_suffix(m: &Message, n: u64) -> Message {
+    Message {
+        meta: Arc::new(EventMeta {
+            id: format!("{}-{n}", m.meta.id),
+            ..EventMeta::clone(&m.meta)
+        }),
+        ..m.clone()
+    }
 }
 
 fn messages(

@@ -5,7 +5,9 @@ pub mod key_list;
 pub mod secrets;
 pub mod watch;
 
+use c360_sinks::SinkKind;
 use c360_sinks::kafka::KafkaConfig;
+use c360_sinks::nats::NatsConfig;
 use c360_sinks::rabbitmq::RabbitConfig;
 pub use cidr::Cidr;
 use figment::Figment;
@@ -309,21 +311,29 @@ fn default_max_depth() -> usize {
     DEFAULT_MAX_DEPTH
 }
 
-/// `[sinks.NAME]`, tagged by `type`.
+/// `[sinks.NAME]`, tagged by `type`: one variant per kind of sink, each the configuration type
+/// its sink module defines (and implements [`SinkKind`] for).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SinkConfig {
     Kafka(KafkaConfig),
     Rabbitmq(RabbitConfig),
+    Nats(NatsConfig),
 }
 
 impl SinkConfig {
+    /// What the bridge knows of this kind of sink: defaults, destination rules, build, probe.
+    pub fn kind(&self) -> &dyn SinkKind {
+        match self {
+            SinkConfig::Kafka(k) => k,
+            SinkConfig::Rabbitmq(r) => r,
+            SinkConfig::Nats(n) => n,
+        }
+    }
+
     /// The destination template a route gets when it names none.
     pub fn default_topic(&self) -> &'static str {
-        match self {
-            SinkConfig::Kafka(_) => "catalog360.{event_class}",
-            SinkConfig::Rabbitmq(_) => "{event_class}",
-        }
+        self.kind().default_topic()
     }
 }
 
@@ -442,11 +452,9 @@ fn validate(config: &Config, file: Option<&Path>) -> Result<(), ConfigError> {
         return Err(invalid(file, format!("ledger.{key}"), problem));
     }
     for (name, sink) in &config.sinks {
-        let checked = match sink {
-            SinkConfig::Kafka(k) => k.validate().map_err(|e| e.to_string()),
-            SinkConfig::Rabbitmq(r) => r.validate().map_err(|e| e.to_string()),
-        };
-        checked.map_err(|m| invalid(file, format!("sinks.{name}"), m))?;
+        sink.kind()
+            .validate()
+            .map_err(|m| invalid(file, format!("sinks.{name}"), m))?;
     }
     if config.webhooks.is_empty() {
         return Err(invalid(

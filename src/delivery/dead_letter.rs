@@ -54,11 +54,9 @@ const MAX_KEY_BYTES: usize = 256;
 /// Longest `c360-dead-letter-reason` and `c360-original-destination` (an illegal destination
 /// may be as long as the event class it came from); longer ones are cut.
 const MAX_HEADER_BYTES: usize = 512;
-/// librdkafka's default `message.max.bytes`.
-const LIBRDKAFKA_MAX_BYTES: usize = 1_000_000;
-/// What a Kafka dead-letter sink's `message.max.bytes` must leave above `max_bytes` for the
-/// key, the headers and the record's framing.
-const KAFKA_HEADROOM: usize = 1024;
+/// What a dead-letter sink's own message limit must leave above `max_bytes` for the key, the
+/// headers and the record's framing.
+const HEADROOM: usize = 1024;
 
 impl DeadLetter {
     /// Compiles `[dead_letter]` (none when absent); errors name `dead_letter.KEY`.
@@ -78,8 +76,8 @@ impl DeadLetter {
             let m = format!("unknown sink {:?} (known: {names:?})", dl.sink);
             return Err(("sink", m));
         };
-        let kafka = matches!(sink_cfg, SinkConfig::Kafka(_));
-        let topic = Template::parse(&dl.topic, kafka).map_err(|m| ("topic", m))?;
+        let rules = sink_cfg.kind().destinations();
+        let topic = Template::parse(&dl.topic, rules).map_err(|m| ("topic", m))?;
         if !dl.topic.contains('{') {
             topic.legal(dl.topic.clone()).map_err(|m| ("topic", m))?;
         }
@@ -136,20 +134,15 @@ fn check_max_bytes(dl: &DeadLetterConfig, sink: &SinkConfig) -> Result<(), Strin
     if dl.max_bytes == 0 {
         return Err("must be at least 1".into());
     }
-    let SinkConfig::Kafka(k) = sink else {
+    let Some((limit, key)) = sink.kind().max_message_bytes() else {
         return Ok(());
     };
-    let limit = k
-        .librdkafka
-        .get("message.max.bytes")
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(LIBRDKAFKA_MAX_BYTES);
-    if dl.max_bytes + KAFKA_HEADROOM > limit {
+    if dl.max_bytes + HEADROOM > limit {
         return Err(format!(
-            "{} does not fit under sinks.{}.librdkafka \"message.max.bytes\" ({limit}) with {KAFKA_HEADROOM} bytes for key and headers: use at most {}",
+            "{} does not fit under sinks.{}.{key} ({limit}) with {HEADROOM} bytes for key and headers: use at most {}",
             dl.max_bytes,
             dl.sink,
-            limit.saturating_sub(KAFKA_HEADROOM)
+            limit.saturating_sub(HEADROOM)
         ));
     }
     Ok(())

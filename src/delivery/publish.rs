@@ -114,15 +114,17 @@ pub async fn publish(
     }
 }
 
-/// The failure the answer names: a topic's own problem first (its code tells catalog360's
-/// operator what to fix), else the first failure.
+/// The failure the answer names: a destination's own problem first (its code tells
+/// catalog360's operator what to fix), else the first failure.
 fn telling(failures: &[SinkError]) -> Option<&SinkError> {
     failures
         .iter()
         .find(|e| {
             matches!(
                 e,
-                SinkError::UnknownTopic(_) | SinkError::TopicAuthorization(_)
+                SinkError::UnknownTopic(_)
+                    | SinkError::TopicAuthorization(_)
+                    | SinkError::Unroutable(_)
             )
         })
         .or_else(|| failures.first())
@@ -131,7 +133,9 @@ fn telling(failures: &[SinkError]) -> Option<&SinkError> {
 /// The answer's `error` code for a batch that failed with `e`.
 fn reason(e: &SinkError) -> &'static str {
     match e {
-        SinkError::UnknownTopic(_) | SinkError::TopicAuthorization(_) => e.code(),
+        SinkError::UnknownTopic(_)
+        | SinkError::TopicAuthorization(_)
+        | SinkError::Unroutable(_) => e.code(),
         _ => "broker_unconfirmed",
     }
 }

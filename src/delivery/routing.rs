@@ -1,7 +1,8 @@
 //! Routing: `event_class` → [(sink, topic, key)], compiled once at start-up from `[[routes]]`.
 
-use crate::config::{Config, ConfigError, RouteConfig, SinkConfig, Unrouted, invalid};
+use crate::config::{Config, ConfigError, RouteConfig, Unrouted, invalid};
 use crate::webhook::envelope::{self, Event};
+use c360_sinks::DestinationRules;
 use globset::{Glob, GlobMatcher};
 use serde_json::value::RawValue;
 use std::path::Path;
@@ -126,8 +127,8 @@ fn target(
     })?;
     let sink_cfg = &config.sinks[name];
     let text = rc.topic.as_deref().unwrap_or(sink_cfg.default_topic());
-    let topic = Template::parse(text, matches!(sink_cfg, SinkConfig::Kafka(_)))
-        .map_err(|m| (at("topic"), m))?;
+    let topic =
+        Template::parse(text, sink_cfg.kind().destinations()).map_err(|m| (at("topic"), m))?;
     Ok(Target {
         sink,
         sink_name: name.to_owned(),
@@ -136,18 +137,13 @@ fn target(
     })
 }
 
-/// Whether Kafka allows byte `b` in a topic name.
-fn kafka_topic_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"._-".contains(&b)
-}
-
 /// A destination template with `{event_class}`, `{payload_class}` and `{webhook}` placeholders.
 #[derive(Debug, Clone)]
 pub struct Template {
     pub text: String,
     parts: Vec<Part>,
-    /// Renders Kafka topics (else AMQP routing keys), which limits what a rendering may be.
-    kafka: bool,
+    /// What the sink's broker accepts as a destination.
+    rules: DestinationRules,
 }
 
 #[derive(Debug, Clone)]
@@ -162,8 +158,8 @@ enum Part {
 pub const NO_PAYLOAD_CLASS: &str = "none";
 
 impl Template {
-    /// Parses `text`; with `kafka`, literal text must use Kafka's topic alphabet.
-    pub fn parse(text: &str, kafka: bool) -> Result<Self, String> {
+    /// Parses `text`; its literal text must be allowed by the broker's `rules`.
+    pub fn parse(text: &str, rules: DestinationRules) -> Result<Self, String> {
         let mut parts = Vec::new();
         let mut rest = text;
         while let Some(open) = rest.find('{') {
@@ -194,45 +190,28 @@ impl Template {
                 if s.contains('}') {
                     return Err(format!("stray }} in {text:?}"));
                 }
-                if kafka && !s.bytes().all(kafka_topic_byte) {
-                    return Err(format!(
-                        "{text:?} has characters a Kafka topic cannot have (letters, digits, . _ - only)"
-                    ));
-                }
+                (rules.literal)(s).map_err(|why| format!("{text:?} {why}"))?;
             }
         }
         Ok(Self {
             text: text.to_owned(),
             parts,
-            kafka,
+            rules,
         })
     }
 
-    /// The event's destination, or why its classes cannot make one (a Kafka topic is 1-249
-    /// letters, digits, '.', '_', '-' and not "." or ".."; an AMQP routing key is at most 255
-    /// bytes).
+    /// The event's destination, or why its classes cannot make one under the broker's rules
+    /// (a Kafka topic is 1-249 letters, digits, '.', '_', '-' and not "." or ".."; an AMQP
+    /// routing key is at most 255 bytes; a NATS subject has no empty token, space or wildcard).
     pub fn destination(&self, event: &Event, webhook: &str) -> Result<String, String> {
         self.legal(self.render_parts(&event.event_class, event.payload_class.as_deref(), webhook))
     }
 
     /// `d`, a rendering of this template, if its broker allows it as a destination.
     pub fn legal(&self, d: String) -> Result<String, String> {
-        let legal = if self.kafka {
-            (1..=249).contains(&d.len()) && d.bytes().all(kafka_topic_byte) && d != "." && d != ".."
-        } else {
-            d.len() <= 255
-        };
-        if legal {
-            Ok(d)
-        } else if self.kafka {
-            Err(format!(
-                "gives Kafka topic {d:?}, which Kafka does not allow (letters, digits, . _ - only, at most 249)"
-            ))
-        } else {
-            Err(format!(
-                "gives a routing key of {} bytes, over AMQP's 255",
-                d.len()
-            ))
+        match (self.rules.check)(&d) {
+            Ok(()) => Ok(d),
+            Err(why) => Err(format!("gives {why}")),
         }
     }
 
@@ -315,6 +294,9 @@ impl KeyPointer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use c360_sinks::kafka::TOPICS as KAFKA;
+    use c360_sinks::nats::SUBJECTS as NATS;
+    use c360_sinks::rabbitmq::ROUTING_KEYS as AMQP;
 
     #[test]
     fn destinations_must_be_legal_for_their_broker() {
@@ -323,9 +305,9 @@ mod tests {
             r#"{{"events":[{{"event_class":"task_created"}},{{"event_class":"aufgabe/geprüft"}},{{"event_class":".."}},{{"event_class":"{long}"}}]}}"#
         );
         let ev = crate::webhook::envelope::split(body.as_bytes(), 100).unwrap();
-        let kafka = Template::parse("catalog360.{event_class}", true).unwrap();
-        let bare = Template::parse("{event_class}", true).unwrap();
-        let amqp = Template::parse("{event_class}", false).unwrap();
+        let kafka = Template::parse("catalog360.{event_class}", KAFKA).unwrap();
+        let bare = Template::parse("{event_class}", KAFKA).unwrap();
+        let amqp = Template::parse("{event_class}", AMQP).unwrap();
         assert_eq!(
             kafka.destination(&ev[0], "w").unwrap(),
             "catalog360.task_created"
@@ -336,22 +318,30 @@ mod tests {
         assert!(bare.destination(&ev[2], "w").is_err());
         assert!(kafka.destination(&ev[3], "w").is_err());
         assert!(amqp.destination(&ev[3], "w").is_err());
+        let nats = Template::parse("catalog360.{event_class}", NATS).unwrap();
+        assert_eq!(
+            nats.destination(&ev[1], "w").unwrap(),
+            "catalog360.aufgabe/geprüft"
+        );
+        assert!(nats.destination(&ev[2], "w").is_err(), "empty tokens");
+        assert!(Template::parse("a b.{event_class}", NATS).is_err());
+        assert!(Template::parse("a.>", NATS).is_err());
     }
 
     #[test]
     fn templates_render_and_reject() {
-        let t = Template::parse("c360.{webhook}.{event_class}.{payload_class}", true).unwrap();
+        let t = Template::parse("c360.{webhook}.{event_class}.{payload_class}", KAFKA).unwrap();
         assert_eq!(
             t.render_parts("task_created", Some("task"), "main"),
             "c360.main.task_created.task"
         );
         assert_eq!(t.render_parts("x", None, "w"), "c360.w.x.none");
-        assert!(Template::parse("{nope}", true).is_err());
-        assert!(Template::parse("a{event_class", true).is_err());
-        assert!(Template::parse("a}b", false).is_err());
-        assert!(Template::parse("bad topic/{event_class}", true).is_err());
-        assert!(Template::parse("events.#.{event_class}", false).is_ok());
-        assert!(Template::parse("", false).is_err());
+        assert!(Template::parse("{nope}", KAFKA).is_err());
+        assert!(Template::parse("a{event_class", KAFKA).is_err());
+        assert!(Template::parse("a}b", AMQP).is_err());
+        assert!(Template::parse("bad topic/{event_class}", KAFKA).is_err());
+        assert!(Template::parse("events.#.{event_class}", AMQP).is_ok());
+        assert!(Template::parse("", AMQP).is_err());
     }
 
     #[test]

@@ -32,12 +32,10 @@ pub fn everything(config: &Config, routes: &Routes) -> Vec<Report> {
         .sinks
         .iter()
         .map(|(name, sink)| match (sink, &runtime) {
+            // Kafka also lists the topics the routes name that the cluster lacks.
             (SinkConfig::Kafka(k), _) => kafka_sink(config, routes, name, k),
-            (SinkConfig::Rabbitmq(r), Ok(rt)) => report(
-                name,
-                rt.block_on(c360_sinks::rabbitmq::probe(name, r, ANSWER_WITHIN)),
-            ),
-            (SinkConfig::Rabbitmq(_), Err(e)) => report(name, Err(format!("no runtime: {e}"))),
+            (other, Ok(rt)) => report(name, rt.block_on(other.kind().probe(name, ANSWER_WITHIN))),
+            (_, Err(e)) => report(name, Err(format!("no runtime: {e}"))),
         })
         .collect();
     if config.ledger.backend == LedgerBackend::Redis {

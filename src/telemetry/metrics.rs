@@ -245,15 +245,17 @@ pub fn start_up<'a>(config: &Config, fixed_destinations: impl Iterator<Item = (&
         counter!("c360_forbidden_sources_total", "webhook" => webhook()).increment(0);
     }
     for (name, sink) in &config.sinks {
-        let reasons = match sink {
+        let reasons: &[&'static str] = match sink {
             SinkConfig::Kafka(_) => {
                 counter!("c360_topics_created_total", "sink" => name.clone()).increment(0);
-                KAFKA_RESTART_REASONS
+                &KAFKA_RESTART_REASONS
             }
-            SinkConfig::Rabbitmq(_) => RABBIT_RESTART_REASONS,
+            SinkConfig::Rabbitmq(_) => &RABBIT_RESTART_REASONS,
+            // The NATS client reconnects by itself: no restarts of the bridge's own to count.
+            SinkConfig::Nats(_) => &[],
         };
         for reason in reasons {
-            counter!("c360_sink_restarts_total", "sink" => name.clone(), "reason" => reason)
+            counter!("c360_sink_restarts_total", "sink" => name.clone(), "reason" => *reason)
                 .increment(0);
         }
         gauge!("c360_sink_ready", "sink" => name.clone()).increment(0.0);

@@ -42,8 +42,36 @@ async fn sdk_consume(args: Vec<String>) -> Vec<Value> {
     serde_json::from_slice(&out.stdout).expect("ce_consume.py prints JSON")
 }
 
+/// Decodes NATS messages (`[{"headers": {...}, "body_b64": "..."}]`) with the SDK: the CloudEvents
+/// NATS binding's binary mode is HTTP's, so ce_consume.py uses the SDK's HTTP binding.
+pub(crate) async fn sdk_decode_nats(messages: &Value) -> Vec<Value> {
+    use tokio::io::AsyncWriteExt;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/consumers/ce_consume.py");
+    let mut child = tokio::process::Command::new(python())
+        .arg(script)
+        .arg("nats")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run ce_consume.py");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(messages.to_string().as_bytes())
+        .await
+        .expect("write stdin");
+    drop(stdin);
+    let out = child.wait_with_output().await.expect("ce_consume.py ends");
+    assert!(
+        out.status.success(),
+        "ce_consume.py nats failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("ce_consume.py prints JSON")
+}
+
 /// Microseconds since the epoch, as the consumer reports `time`.
-fn now_us() -> i64 {
+pub(crate) fn now_us() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("after 1970")
@@ -59,7 +87,7 @@ fn keyless(class: &str) -> String {
 
 /// Checks that `got` is what the SDK should decode from `sent` (the exact event text), received
 /// by a bridge between `before` and `after` (µs since the epoch) with CloudEvents `source`.
-fn assert_decoded(got: &Value, sent: &str, source: &str, (before, after): (i64, i64)) {
+pub(crate) fn assert_decoded(got: &Value, sent: &str, source: &str, (before, after): (i64, i64)) {
     let sent_json: Value = serde_json::from_str(sent).unwrap();
     let class = sent_json["event_class"].as_str().unwrap();
     assert_eq!(got["specversion"], "1.0");

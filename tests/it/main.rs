@@ -1,4 +1,5 @@
-//! The integration suite (one binary, so librdkafka is linked once): real tansu and RabbitMQ.
+//! The integration suite (one binary, so librdkafka is linked once): real tansu, RabbitMQ and
+//! nats-server.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -17,6 +18,7 @@ mod kafka;
 mod keys;
 mod ledger;
 mod monitoring;
+mod nats;
 mod partition;
 mod props;
 mod rabbit;

@@ -392,6 +392,89 @@ impl KafkaConfig {
     }
 }
 
+/// librdkafka's default `message.max.bytes`.
+const LIBRDKAFKA_MAX_BYTES: usize = 1_000_000;
+
+/// Whether Kafka allows byte `b` in a topic name.
+fn topic_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"._-".contains(&b)
+}
+
+/// The literal text of a topic template: Kafka's topic alphabet only.
+fn topic_literal(s: &str) -> Result<(), String> {
+    if s.bytes().all(topic_byte) {
+        Ok(())
+    } else {
+        Err("has characters a Kafka topic cannot have (letters, digits, . _ - only)".into())
+    }
+}
+
+/// A Kafka topic is 1-249 letters, digits, '.', '_', '-' and not "." or "..".
+fn topic_legal(d: &str) -> Result<(), String> {
+    if (1..=249).contains(&d.len()) && d.bytes().all(topic_byte) && d != "." && d != ".." {
+        Ok(())
+    } else {
+        Err(format!(
+            "Kafka topic {d:?}, which Kafka does not allow (letters, digits, . _ - only, at most 249)"
+        ))
+    }
+}
+
+/// Kafka's rules for topics.
+pub const TOPICS: crate::DestinationRules = crate::DestinationRules {
+    noun: "Kafka topic",
+    literal: topic_literal,
+    check: topic_legal,
+};
+
+#[async_trait]
+impl crate::SinkKind for KafkaConfig {
+    fn type_name(&self) -> &'static str {
+        "kafka"
+    }
+    fn default_topic(&self) -> &'static str {
+        "catalog360.{event_class}"
+    }
+    fn validate(&self) -> Result<(), String> {
+        KafkaConfig::validate(self).map_err(|e| e.to_string())
+    }
+    fn cloudevents(&self) -> bool {
+        self.cloudevents
+    }
+    fn cloudevents_names(&self) -> &'static cloudevents::Names {
+        &cloudevents::KAFKA
+    }
+    fn destinations(&self) -> crate::DestinationRules {
+        TOPICS
+    }
+    fn max_message_bytes(&self) -> Option<(usize, &'static str)> {
+        let limit = self
+            .librdkafka
+            .get("message.max.bytes")
+            .and_then(|v| v.parse::<usize>().ok());
+        Some((
+            limit.unwrap_or(LIBRDKAFKA_MAX_BYTES),
+            "librdkafka \"message.max.bytes\"",
+        ))
+    }
+    fn build(&self, name: &str, ctx: &crate::BuildContext) -> Result<Arc<dyn Sink>, String> {
+        KafkaSink::new(name, self, ctx.confirm_within)
+            .map(|s| Arc::new(s) as Arc<dyn Sink>)
+            .map_err(|e| e.to_string())
+    }
+    async fn probe(&self, name: &str, timeout: Duration) -> Result<String, String> {
+        let sink = KafkaSink::new(name, self, timeout).map_err(|e| e.to_string())?;
+        let brokers = tokio::task::spawn_blocking(move || sink.probe_now(timeout))
+            .await
+            .map_err(|e| e.to_string())??;
+        let plural = if brokers == 1 { "" } else { "s" };
+        Ok(format!(
+            "{brokers} broker{plural}, {}",
+            self.describe_security()
+        ))
+    }
+}
+
 fn client_config(
     cfg: &KafkaConfig,
     message_timeout: Duration,

@@ -513,7 +513,10 @@ impl Sink for RabbitSink {
         };
         match ticket.submit(confirm, identity).await {
             Ok(Outcome::Confirmed) => Ok(()),
-            Ok(Outcome::Returned) => Err(SinkError::Unroutable(msg.destination.clone())),
+            Ok(Outcome::Returned) => Err(SinkError::Unroutable(format!(
+                "no queue bound for routing key {:?}",
+                msg.destination
+            ))),
             Ok(Outcome::Nacked) => Err(SinkError::Refused("broker nacked the message".into())),
             Ok(Outcome::NotRequested) => {
                 Err(SinkError::Refused("publisher confirms are off".into()))
@@ -546,6 +549,55 @@ impl Sink for RabbitSink {
             }
         }
         self.shared.set(None, "closed".into());
+    }
+}
+
+/// An AMQP routing key is at most 255 bytes.
+fn routing_key_legal(d: &str) -> Result<(), String> {
+    if d.len() <= 255 {
+        Ok(())
+    } else {
+        Err(format!(
+            "a routing key of {} bytes, over AMQP's 255",
+            d.len()
+        ))
+    }
+}
+
+/// AMQP's rules for routing keys.
+pub const ROUTING_KEYS: crate::DestinationRules = crate::DestinationRules {
+    noun: "routing key",
+    literal: crate::kind::anything,
+    check: routing_key_legal,
+};
+
+#[async_trait]
+impl crate::SinkKind for RabbitConfig {
+    fn type_name(&self) -> &'static str {
+        "rabbitmq"
+    }
+    fn default_topic(&self) -> &'static str {
+        "{event_class}"
+    }
+    fn validate(&self) -> Result<(), String> {
+        RabbitConfig::validate(self).map_err(|e| e.to_string())
+    }
+    fn cloudevents(&self) -> bool {
+        self.cloudevents
+    }
+    fn cloudevents_names(&self) -> &'static cloudevents::Names {
+        &cloudevents::AMQP
+    }
+    fn destinations(&self) -> crate::DestinationRules {
+        ROUTING_KEYS
+    }
+    fn build(&self, name: &str, _ctx: &crate::BuildContext) -> Result<Arc<dyn Sink>, String> {
+        RabbitSink::new(name, self)
+            .map(|s| Arc::new(s) as Arc<dyn Sink>)
+            .map_err(|e| e.to_string())
+    }
+    async fn probe(&self, name: &str, timeout: Duration) -> Result<String, String> {
+        probe(name, self, timeout).await
     }
 }
 

@@ -150,7 +150,7 @@ fn info(routes: &Routes) -> Value {
     json!({
         "title": "c360-bridge: catalog360 events",
         "version": env!("CARGO_PKG_VERSION"),
-        "description": format!("What consumers can subscribe to under this configuration of c360-bridge. One message per catalog360 event; the body is the event's JSON exactly as catalog360 sent it. Every message carries the c360-* headers and, unless its sink sets cloudevents = false, the CloudEvents 1.0 attributes in binary content mode (Kafka: ce_* headers; RabbitMQ: ce-* headers). Dedupe on c360-event-id (= CloudEvents id): a batch catalog360 resends yields the same ids.{unrouted}"),
+        "description": format!("What consumers can subscribe to under this configuration of c360-bridge. One message per catalog360 event; the body is the event's JSON exactly as catalog360 sent it. Every message carries the c360-* headers and, unless its sink sets cloudevents = false, the CloudEvents 1.0 attributes in binary content mode (Kafka: ce_* headers; RabbitMQ and NATS: ce-* headers). Dedupe on c360-event-id (= CloudEvents id): a batch catalog360 resends yields the same ids.{unrouted}"),
     })
 }
 
@@ -183,7 +183,29 @@ fn server(name: &str, sink: &SinkConfig) -> Value {
             })
         }
         SinkConfig::Rabbitmq(r) => amqp_server(name, &r.url),
+        SinkConfig::Nats(n) => nats_server(name, n),
     }
+}
+
+/// A NATS server from the sink's first URL: host and port, never a user or password.
+fn nats_server(name: &str, n: &c360_sinks::nats::NatsConfig) -> Value {
+    let tls = n.tls_wanted();
+    let stream = match &n.create_stream {
+        Some(s) => format!(
+            " The bridge creates stream {} ({:?}) when missing.",
+            s.name, s.subjects
+        ),
+        None => String::new(),
+    };
+    let description = format!(
+        "NATS JetStream sink `{name}`{}: messages are stored by the stream whose subjects capture theirs.{stream}",
+        if tls { " over TLS" } else { "" }
+    );
+    json!({
+        "host": n.first_server().unwrap_or_else(|| "unknown".into()),
+        "protocol": "nats",
+        "description": description,
+    })
 }
 
 /// An AMQP server from the sink's URL: scheme, host, port and vhost, never the user or password.
@@ -213,13 +235,18 @@ fn operation(channel: &str, d: &Destination) -> Value {
         "summary": "Consume the events published here.",
         "messages": [{"$ref": format!("#/channels/{channel}/messages/event")}],
     });
-    if matches!(d.sink, SinkConfig::Rabbitmq(_)) {
-        op["bindings"] = json!({"amqp": {
-            "cc": [d.target.topic.text],
-            "deliveryMode": 2,
-            "mandatory": true,
-            "bindingVersion": "0.3.0",
-        }});
+    match d.sink {
+        SinkConfig::Rabbitmq(_) => {
+            op["bindings"] = json!({"amqp": {
+                "cc": [d.target.topic.text],
+                "deliveryMode": 2,
+                "mandatory": true,
+                "bindingVersion": "0.3.0",
+            }});
+        }
+        // The NATS binding defines only `queue` (a queue group), the consumer's to choose.
+        SinkConfig::Nats(_) => op["bindings"] = json!({"nats": {"bindingVersion": "0.1.0"}}),
+        SinkConfig::Kafka(_) => {}
     }
     op
 }
@@ -241,6 +268,7 @@ impl Context {
         let (kind, what) = match d.sink {
             SinkConfig::Kafka(_) => ("Kafka topic", "topic"),
             SinkConfig::Rabbitmq(_) => ("AMQP routing key", "routing key"),
+            SinkConfig::Nats(_) => ("NATS subject", "subject"),
         };
         let mut ch = json!({
             "address": d.target.topic.text,
@@ -294,6 +322,7 @@ impl Context {
         let (binding, cloudevents) = match d.sink {
             SinkConfig::Kafka(k) => (Binding::Kafka, k.cloudevents),
             SinkConfig::Rabbitmq(r) => (Binding::Amqp, r.cloudevents),
+            SinkConfig::Nats(n) => (Binding::Nats, n.cloudevents),
         };
         let mut msg = json!({
             "name": "event",
@@ -312,6 +341,8 @@ impl Context {
             Binding::Amqp => {
                 json!({"amqp": {"messageType": "com.catalog360.{event_class}", "bindingVersion": "0.3.0"}})
             }
+            // AsyncAPI's NATS binding has no message fields; the headers say it all.
+            Binding::Nats => return msg,
         };
         msg
     }

@@ -61,10 +61,12 @@ pub fn event(known_classes: &[&str]) -> Value {
 pub enum Binding {
     Kafka,
     Amqp,
+    Nats,
 }
 
-/// The headers of a message: the `c360-*` headers, `content-type` (Kafka only: AMQP carries it
-/// as the `content_type` property) and, when `cloudevents`, the `ce_*` / `ce-*` attributes.
+/// The headers of a message: the `c360-*` headers, `content-type` (not AMQP's: it carries it
+/// as the `content_type` property), NATS's `Nats-Msg-Id` and, when `cloudevents`, the `ce_*` /
+/// `ce-*` attributes.
 /// `webhooks` are the webhook names, `sources` their CloudEvents sources.
 pub fn headers(
     binding: Binding,
@@ -74,12 +76,19 @@ pub fn headers(
 ) -> Value {
     let mut props = c360_headers(webhooks);
     let mut required = vec!["c360-event-id", "c360-event-class", "c360-webhook"];
-    if binding == Binding::Kafka {
+    if binding != Binding::Amqp {
         props.insert(
             "content-type".into(),
             json!({"type": "string", "const": "application/json"}),
         );
         required.push("content-type");
+    }
+    if binding == Binding::Nats {
+        props.insert(
+            "Nats-Msg-Id".into(),
+            json!({"type": "string", "description": "The same value as c360-event-id: JetStream stores a resend within the stream's duplicate window once."}),
+        );
+        required.push("Nats-Msg-Id");
     }
     if cloudevents {
         let (p, names) = ce_headers(binding, sources);
@@ -118,10 +127,11 @@ fn ce_headers(
     binding: Binding,
     sources: &[String],
 ) -> (Map<String, Value>, &'static [&'static str; 6]) {
-    use c360_sinks::cloudevents::{AMQP, KAFKA};
+    use c360_sinks::cloudevents::{AMQP, KAFKA, NATS};
     let names = match binding {
         Binding::Kafka => &KAFKA,
         Binding::Amqp => &AMQP,
+        Binding::Nats => &NATS,
     };
     let values = [
         json!({"type": "string", "const": "1.0", "description": "CloudEvents specversion."}),

@@ -131,3 +131,54 @@ fn the_dead_letter_has_its_own_channel_with_the_headers_that_say_why() {
     assert_eq!(receive["bindings"]["amqp"]["cc"], json!(["dead.{webhook}"]));
     assert!(doc(FANOUT)["channels"].get("dead-letter").is_none());
 }
+
+#[test]
+fn a_nats_sink_has_subject_channels_its_headers_and_no_credentials() {
+    let d = doc(r#"
+[[webhooks]]
+name = "main"
+path = "/h"
+keys = ["k"]
+[sinks.nats]
+type = "nats"
+url = "tls://bridge:s3cret@nats.example:4443, tls://nats2.example:4443"
+create_stream = { name = "CATALOG360", subjects = ["catalog360.>"] }
+[[routes]]
+match = "*"
+sinks = ["nats"]
+key = "/payload/new/id"
+[dead_letter]
+sink = "nats"
+topic = "catalog360.dead-letter"
+"#);
+    let text = d.to_string();
+    assert!(!text.contains("s3cret"), "no password in the document");
+    let server = &d["servers"]["nats"];
+    assert_eq!(server["host"], "nats.example:4443");
+    assert_eq!(server["protocol"], "nats");
+    let ch = &d["channels"]["nats_catalog360__event_class_"];
+    assert_eq!(ch["address"], "catalog360.{event_class}");
+    assert!(ch["description"].as_str().unwrap().contains("NATS subject"));
+    let headers = &ch["messages"]["event"]["headers"];
+    for h in [
+        "Nats-Msg-Id",
+        "content-type",
+        "ce-id",
+        "ce-type",
+        "c360-event-id",
+    ] {
+        assert!(headers["properties"].get(h).is_some(), "{h}: {headers}");
+    }
+    assert!(
+        headers["required"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("Nats-Msg-Id"))
+    );
+    let op = &d["operations"]["receive_nats_catalog360__event_class_"];
+    assert_eq!(op["bindings"]["nats"]["bindingVersion"], "0.1.0");
+    assert_eq!(
+        d["channels"]["dead-letter"]["address"],
+        "catalog360.dead-letter"
+    );
+}
