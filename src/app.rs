@@ -12,7 +12,7 @@ use crate::webhook::keys::WebhookKeys;
 use c360_sinks::kafka::{KafkaSetupError, KafkaSink};
 use c360_sinks::{BuildContext, Messaging, Readiness, Sink};
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -53,7 +53,7 @@ pub struct App {
     pub dead_letter: Option<DeadLetter>,
     /// Sinks in the order of the sorted `[sinks]` table; `Target::sink` indexes it.
     pub sinks: Vec<Arc<dyn Sink>>,
-    pub ledger: Ledger,
+    pub ledger: Arc<Ledger>,
     pub in_flight: Arc<Semaphore>,
     pub max_body_bytes: usize,
     /// When the answer must be on its way (a little before `server.ack_timeout`).
@@ -74,7 +74,48 @@ pub struct App {
     pub telemetry: Telemetry,
     /// How each sink's sends are described in PRODUCER spans, in `sinks` order.
     pub messaging: Vec<Messaging>,
-    closing: AtomicBool,
+    /// The configuration file (reloaded on SIGHUP), and whether a change of it reloads too.
+    pub config_file: Option<PathBuf>,
+    pub watch_config: bool,
+    /// The configuration this generation was built from (`effective`, never printed).
+    pub config: Config,
+    closing: Arc<AtomicBool>,
+}
+
+/// What every generation of one running bridge shares, made once at start-up: a reload
+/// changes none of it (a change of these settings needs a restart).
+pub struct Kept {
+    ledger: Arc<Ledger>,
+    in_flight: Arc<Semaphore>,
+    tasks: TaskTracker,
+    telemetry: Telemetry,
+    tls: Option<Arc<Tls>>,
+    limits: Limits,
+    keys_poll_interval: Duration,
+    closing: Arc<AtomicBool>,
+}
+
+impl Kept {
+    fn new(config: &Config) -> Result<Self, BuildError> {
+        let tls = match &config.server.tls {
+            Some(files) => Some(Arc::new(Tls::load(files)?)),
+            None => None,
+        };
+        Ok(Self {
+            ledger: Arc::new(Ledger::from_config(&config.ledger)?),
+            in_flight: Arc::new(Semaphore::new(config.server.max_in_flight_batches)),
+            tasks: TaskTracker::new(),
+            telemetry: Telemetry::from_config(&config.telemetry)?,
+            tls,
+            limits: Limits {
+                header_timeout: config.server.header_timeout,
+                idle_timeout: config.server.idle_timeout,
+                max_connections: config.server.max_connections,
+            },
+            keys_poll_interval: config.server.keys_poll_interval,
+            closing: Arc::new(AtomicBool::new(false)),
+        })
+    }
 }
 
 /// Why the bridge cannot start.
@@ -119,34 +160,30 @@ fn dead_letter_topic(config: &Config, name: &str, sink: &Arc<KafkaSink>) {
 impl App {
     /// Connects the configured sinks and compiles the routes. Must run inside a tokio runtime.
     pub fn build(config: Config, file: Option<&Path>) -> Result<Self, BuildError> {
-        let (_, confirm_within) = deadlines(config.server.ack_timeout);
-        let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
-        for (name, sc) in &config.sinks {
-            sinks.push(match sc {
-                SinkConfig::Kafka(k) => {
-                    let sink =
-                        Arc::new(KafkaSink::new(name, k, confirm_within).map_err(|source| {
-                            BuildError::Kafka {
-                                name: name.clone(),
-                                source,
-                            }
-                        })?);
-                    dead_letter_topic(&config, name, &sink);
-                    sink
-                }
-                other => {
-                    let ctx = BuildContext { confirm_within };
-                    other
-                        .kind()
-                        .build(name, &ctx)
-                        .map_err(|message| BuildError::Sink {
-                            name: name.clone(),
-                            message,
-                        })?
-                }
-            });
-        }
+        let sinks = build_sinks(&config, |_| None)?;
         Self::with_sinks(config, file, sinks)
+    }
+
+    /// The next generation: `config` applied over this one, keeping the connection of every
+    /// sink whose section did not change, and everything `Kept`.
+    pub fn next(&self, config: Config) -> Result<Self, BuildError> {
+        let sinks = build_sinks(&config, |name| {
+            let same = config.section(&["sinks", name]) == self.config.section(&["sinks", name]);
+            let old = self.config.sinks.keys().position(|n| n == name);
+            old.filter(|_| same).map(|i| self.sinks[i].clone())
+        })?;
+        let kept = Kept {
+            ledger: self.ledger.clone(),
+            in_flight: self.in_flight.clone(),
+            tasks: self.tasks.clone(),
+            telemetry: self.telemetry.clone(),
+            tls: self.tls.clone(),
+            limits: self.limits,
+            keys_poll_interval: self.keys_poll_interval,
+            closing: self.closing.clone(),
+        };
+        let file = self.config_file.clone();
+        Self::assemble(config, file.as_deref(), sinks, kept)
     }
 
     /// Builds the app around sinks made elsewhere (one per `[sinks]` entry, in name order).
@@ -154,6 +191,56 @@ impl App {
         config: Config,
         file: Option<&Path>,
         sinks: Vec<Arc<dyn Sink>>,
+    ) -> Result<Self, BuildError> {
+        let kept = Kept::new(&config)?;
+        Self::assemble(config, file, sinks, kept)
+    }
+}
+
+/// One sink per `[sinks]` entry, in name order: `reuse(name)`'s, or a new connection.
+fn build_sinks(
+    config: &Config,
+    reuse: impl Fn(&str) -> Option<Arc<dyn Sink>>,
+) -> Result<Vec<Arc<dyn Sink>>, BuildError> {
+    let (_, confirm_within) = deadlines(config.server.ack_timeout);
+    let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+    for (name, sc) in &config.sinks {
+        if let Some(sink) = reuse(name) {
+            sinks.push(sink);
+            continue;
+        }
+        sinks.push(match sc {
+            SinkConfig::Kafka(k) => {
+                let sink = Arc::new(KafkaSink::new(name, k, confirm_within).map_err(|source| {
+                    BuildError::Kafka {
+                        name: name.clone(),
+                        source,
+                    }
+                })?);
+                dead_letter_topic(config, name, &sink);
+                sink
+            }
+            other => {
+                let ctx = BuildContext { confirm_within };
+                other
+                    .kind()
+                    .build(name, &ctx)
+                    .map_err(|message| BuildError::Sink {
+                        name: name.clone(),
+                        message,
+                    })?
+            }
+        });
+    }
+    Ok(sinks)
+}
+
+impl App {
+    fn assemble(
+        config: Config,
+        file: Option<&Path>,
+        sinks: Vec<Arc<dyn Sink>>,
+        kept: Kept,
     ) -> Result<Self, BuildError> {
         let routes = Routes::compile(&config, file)?;
         // Destinations known before any event: routes whose topic has no placeholder.
@@ -165,50 +252,43 @@ impl App {
         );
         let dead_letter = DeadLetter::compile(&config, file)?;
         let (answer_deadline, _) = deadlines(config.server.ack_timeout);
-        let tls = match &config.server.tls {
-            Some(files) => Some(Arc::new(Tls::load(files)?)),
-            None => None,
-        };
-        let limits = Limits {
-            header_timeout: config.server.header_timeout,
-            idle_timeout: config.server.idle_timeout,
-            max_connections: config.server.max_connections,
-        };
         let webhooks = config
             .webhooks
-            .into_iter()
+            .iter()
             .map(|w| {
                 let name: Arc<str> = w.name.as_str().into();
                 Webhook {
                     ce_source: w.ce_source().into(),
-                    keys: Arc::new(WebhookKeys::new(name.clone(), &w)),
+                    keys: Arc::new(WebhookKeys::new(name.clone(), w)),
                     name,
-                    path: w.path,
+                    path: w.path.clone(),
                     max_events: w.max_events,
                     max_depth: w.max_depth,
-                    allow_from: w.allow_from,
+                    allow_from: w.allow_from.clone(),
                 }
             })
             .collect();
-        let telemetry = Telemetry::from_config(&config.telemetry)?;
         Ok(Self {
             webhooks,
             routes,
             dead_letter,
             messaging: sinks.iter().map(|s| s.messaging()).collect(),
             sinks,
-            telemetry,
-            ledger: Ledger::from_config(&config.ledger)?,
-            in_flight: Arc::new(Semaphore::new(config.server.max_in_flight_batches)),
+            telemetry: kept.telemetry,
+            ledger: kept.ledger,
+            in_flight: kept.in_flight,
             max_body_bytes: config.server.max_body_bytes,
             answer_deadline,
             publish_deadline: config.server.ack_timeout * 2,
-            keys_poll_interval: config.server.keys_poll_interval,
-            limits,
-            trusted_proxies: config.server.trusted_proxies,
-            tls,
-            tasks: TaskTracker::new(),
-            closing: AtomicBool::new(false),
+            keys_poll_interval: kept.keys_poll_interval,
+            limits: kept.limits,
+            trusted_proxies: config.server.trusted_proxies.clone(),
+            tls: kept.tls,
+            tasks: kept.tasks,
+            config_file: file.map(Path::to_path_buf),
+            watch_config: config.server.watch_config,
+            config,
+            closing: kept.closing,
         })
     }
 

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod config;
 pub mod delivery;
+pub mod live;
 pub mod ops;
 pub mod server;
 pub mod telemetry;
@@ -37,53 +38,78 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let stop = CancellationToken::new();
     let trigger = stop.clone();
-    let flag = app.clone();
+    let live = Arc::new(live::Live::new(app.clone()));
+    let flag = live.clone();
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutdown requested: refusing new batches, finishing in-flight ones");
-        flag.begin_shutdown();
+        flag.current().begin_shutdown();
         trigger.cancel();
     });
-    tokio::spawn(watch_files(&app, stop.clone()));
+    tokio::spawn(watch_files(live.clone(), stop.clone()));
+    let (limits, tls) = (app.limits, app.tls.clone());
+    drop(app);
     let main = server::Listener {
         name: "webhook",
-        router: server::http::router(app.clone(), admin.is_none()),
-        limits: app.limits,
-        tls: app.tls.clone(),
+        router: server::http::router(live.clone(), admin.is_none()),
+        limits,
+        tls,
     };
     let main = server::run(listener, main, stop.clone());
     match admin {
         Some(admin) => {
             let admin_listener = server::Listener {
                 name: "admin",
-                router: server::http::admin_router(app.clone()),
-                limits: app.limits,
+                router: server::http::admin_router(live.clone()),
+                limits,
                 tls: None,
             };
             tokio::try_join!(main, server::run(admin, admin_listener, stop.clone()))?;
         }
         None => main.await?,
     }
-    app.finish().await;
+    live.current().finish().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// One watcher for every file re-read while running: the keys files and the TLS pair, polled
-/// every `server.keys_poll_interval` and re-read on SIGHUP.
-fn watch_files(app: &App, stop: CancellationToken) -> impl Future<Output = ()> + use<> {
-    let webhooks = app.webhook_keys();
-    let tls = app.tls.clone();
-    let polled = tls.is_some() || webhooks.iter().any(|w| w.has_file());
+/// One watcher for every file re-read while running: the keys files, the TLS pair and the
+/// configuration, polled every `server.keys_poll_interval` and re-read on SIGHUP. SIGHUP
+/// reloads the configuration; with `server.watch_config` a change of its file does too.
+fn watch_files(live: Arc<live::Live>, stop: CancellationToken) -> impl Future<Output = ()> {
+    let app = live.current();
+    let polled = app.tls.is_some()
+        || app.config_file.is_some()
+        || app.webhook_keys().iter().any(|w| w.has_file());
+    let every = app.keys_poll_interval;
+    let seen = std::sync::Mutex::new(
+        app.config_file
+            .as_deref()
+            .and_then(|p| std::fs::read(p).ok()),
+    );
     let reload: config::watch::Reload = Arc::new(move |t| {
-        webhook::keys::reload_all(&webhooks, t);
-        if let Some(tls) = &tls {
+        let app = live.current();
+        webhook::keys::reload_all(&app.webhook_keys(), t);
+        if let Some(tls) = &app.tls {
             tls.reload(t);
         }
+        let Some(path) = &app.config_file else {
+            return;
+        };
+        if t == config::watch::Trigger::Poll && !app.watch_config {
+            return;
+        }
+        let now = std::fs::read(path).ok();
+        let changed = seen
+            .lock()
+            .map(|mut s| std::mem::replace(&mut *s, now.clone()) != now);
+        if t == config::watch::Trigger::Signal || changed.unwrap_or(true) {
+            live.reload(t.name());
+        }
     });
-    config::watch::run(reload, polled, app.keys_poll_interval, stop, || {
+    config::watch::run(reload, polled, every, stop, || {
         tracing::info!(
-            "SIGHUP: nothing is read from a file (no keys_file, no server.tls); inline and keys_env keys change only with a restart"
+            "SIGHUP: nothing is read from a file (no configuration file, keys_file or server.tls)"
         )
     })
 }

@@ -63,7 +63,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let req = req.body(axum::body::Body::from(Bytes::copy_from_slice(body))).unwrap();
     w.sink.take();
-    let resp = w.rt.block_on(router(w.app.clone(), true).oneshot(req)).unwrap();
+    let resp = w.rt.block_on(router(Arc::new(c360_bridge::live::Live::new(w.app.clone())), true).oneshot(req)).unwrap();
     let status = resp.status().as_u16();
     let new = &w.sink.take()[..];
     assert!(matches!(status, 200 | 400 | 401 | 413), "status {status}");

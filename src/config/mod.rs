@@ -44,6 +44,26 @@ pub struct Config {
     /// `[telemetry]`: where traces go (off without an endpoint here or in `OTEL_*`).
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// The configuration in force as one value (defaults, file, environment, secrets resolved):
+    /// what a reload compares and `config_hash` digests. Never printed.
+    #[serde(skip)]
+    pub effective: serde_json::Value,
+}
+
+impl Config {
+    /// `config_hash`: the first 12 hex digits of SHA-256 over the effective configuration.
+    pub fn hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(self.effective.to_string().as_bytes());
+        digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The effective value at `path` (`["sinks", "kafka"]`), `Null` when absent.
+    pub fn section(&self, path: &[&str]) -> &serde_json::Value {
+        path.iter().fold(&self.effective, |v, k| {
+            v.get(k).unwrap_or(&serde_json::Value::Null)
+        })
+    }
 }
 
 /// `[telemetry]`: the OTLP collector traces are exported to.
@@ -93,6 +113,9 @@ pub struct ServerConfig {
     /// How often every `keys_file` is read to see whether it changed (SIGHUP re-reads at once).
     #[serde(with = "humantime_serde")]
     pub keys_poll_interval: Duration,
+    /// Reload the configuration when its file changes (looked at every `keys_poll_interval`),
+    /// not only on SIGHUP.
+    pub watch_config: bool,
     /// From accept to a complete request head (TLS handshake included); then the connection is
     /// closed. Also bounds a later request's head from its first byte.
     #[serde(with = "humantime_serde")]
@@ -128,6 +151,7 @@ impl Default for ServerConfig {
             max_in_flight_batches: 512,
             worker_threads: 0,
             keys_poll_interval: Duration::from_secs(1),
+            watch_config: false,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 4096,
@@ -408,6 +432,7 @@ pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         fig = fig.merge(Serialized::globals(resolved));
     }
     let mut config: Config = fig.extract().map_err(load_error)?;
+    config.effective = fig.extract().map_err(load_error)?;
     resolve_keys(&mut config, file)?;
     validate(&config, file)?;
     Ok(config)

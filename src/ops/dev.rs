@@ -53,6 +53,7 @@ pub fn demo_config(listen: &str, bootstrap: &str, key: &str) -> Config {
         unrouted: Unrouted::Error,
         dead_letter: None,
         telemetry: Default::default(),
+        effective: serde_json::Value::Null,
     }
 }
 

@@ -3,54 +3,57 @@
 use crate::app::App;
 use crate::delivery::ingest;
 use crate::delivery::ledger;
+use crate::live::Live;
 use crate::server::client_addr::{Peer, client_ip};
 use crate::telemetry::metrics as m;
 use crate::webhook::answer::{Answer, error_response};
 use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The public router: one route per webhook, plus the admin endpoints when `with_admin`.
-pub fn router(app: Arc<App>, with_admin: bool) -> Router {
+/// The public router: the webhooks of the generation in force (looked up by path on every
+/// request, so a reload can add, move or remove them), plus the admin endpoints when
+/// `with_admin`.
+pub fn router(live: Arc<Live>, with_admin: bool) -> Router {
     let mut r = Router::new();
-    for (i, wh) in app.webhooks.iter().enumerate() {
-        let a = app.clone();
-        let receive = move |req: axum::extract::Request| async move {
-            let (parts, body) = req.into_parts();
-            let client = client_of(&parts, &a);
+    if with_admin {
+        r = r.merge(admin_routes());
+    }
+    r.fallback(webhook).with_state(live)
+}
+
+/// A request on any other path: a webhook's POST (or HEAD), or 404/405.
+async fn webhook(State(live): State<Arc<Live>>, req: axum::extract::Request) -> Response {
+    let app = live.current();
+    let Some(i) = app.webhooks.iter().position(|w| w.path == req.uri().path()) else {
+        return not_found().await;
+    };
+    let (parts, body) = req.into_parts();
+    let client = client_of(&parts, &app);
+    match parts.method {
+        http::Method::POST => {
             let headers = parts.headers;
             let rid = request_id(&headers);
-            let mut resp = ingest::receive(a, i, client, headers, body, rid.clone())
+            let mut resp = ingest::receive(app, i, client, headers, body, rid.clone())
                 .await
                 .into_response();
             if let Ok(v) = HeaderValue::from_str(&rid) {
                 resp.headers_mut().insert("x-request-id", v);
             }
             resp
-        };
-        let a = app.clone();
+        }
         // catalog360 checks a URL with HEAD; outside `allow_from` it gets the same 403 as a POST.
-        let head = move |req: axum::extract::Request| async move {
-            let (parts, _) = req.into_parts();
-            match ingest::admit(&a.webhooks[i], client_of(&parts, &a)) {
-                Ok(()) => StatusCode::OK.into_response(),
-                Err(r) => Answer::Rejected(r).into_response(),
-            }
-        };
-        r = r.route(
-            &wh.path,
-            post(receive).head(head).fallback(method_not_allowed),
-        );
+        http::Method::HEAD => match ingest::admit(&app.webhooks[i], client) {
+            Ok(()) => StatusCode::OK.into_response(),
+            Err(r) => Answer::Rejected(r).into_response(),
+        },
+        _ => method_not_allowed().await,
     }
-    if with_admin {
-        r = r.merge(admin_routes());
-    }
-    r.fallback(not_found).with_state(app)
 }
 
 /// The client's address: the TCP peer, or behind a trusted proxy the address it forwarded.
@@ -62,11 +65,11 @@ fn client_of(parts: &http::request::Parts, app: &App) -> Option<std::net::IpAddr
 }
 
 /// The admin router alone, for `server.admin_listen`.
-pub fn admin_router(app: Arc<App>) -> Router {
-    admin_routes().fallback(not_found).with_state(app)
+pub fn admin_router(live: Arc<Live>) -> Router {
+    admin_routes().fallback(not_found).with_state(live)
 }
 
-fn admin_routes() -> Router<Arc<App>> {
+fn admin_routes() -> Router<Arc<Live>> {
     Router::new()
         .route(
             "/healthz",
@@ -76,7 +79,8 @@ fn admin_routes() -> Router<Arc<App>> {
         .route("/metrics", get(metrics))
 }
 
-async fn readyz(State(app): State<Arc<App>>) -> Response {
+async fn readyz(State(live): State<Arc<Live>>) -> Response {
+    let app = live.current();
     let sinks = app.readiness();
     let ready = sinks.iter().all(|(_, r)| r.ready) && !app.is_closing();
     let detail: serde_json::Map<String, serde_json::Value> = sinks
@@ -93,7 +97,12 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let mut body = json!({"ready": ready, "closing": app.is_closing(), "sinks": detail});
+    let mut body = json!({
+        "ready": ready,
+        "closing": app.is_closing(),
+        "sinks": detail,
+        "config_hash": app.config.hash(),
+    });
     // The ledger never decides readiness: a degraded one only costs duplicates.
     ledger_detail(&app.ledger.health(), &mut body);
     (status, axum::Json(body)).into_response()
@@ -112,8 +121,8 @@ fn ledger_detail(health: &ledger::Health, body: &mut serde_json::Value) {
     }
 }
 
-async fn metrics(State(app): State<Arc<App>>) -> Response {
-    for (name, r) in app.readiness() {
+async fn metrics(State(live): State<Arc<Live>>) -> Response {
+    for (name, r) in live.current().readiness() {
         m::sink_ready(name, r.ready);
     }
     let h = m::handle();

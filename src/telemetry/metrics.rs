@@ -117,6 +117,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Re-reads of the serving TLS certificate pair, by result (ok, error).",
     ),
     (
+        "c360_config_info",
+        Kind::Gauge,
+        "1 for the configuration in force, by hash (the first 12 hex digits of SHA-256 over the effective configuration); 0 for earlier ones.",
+    ),
+    (
         "c360_spans_dropped_total",
         Kind::Counter,
         "Trace spans dropped: the export queue was full or the OTLP collector did not take them.",
@@ -347,6 +352,14 @@ pub fn key_reload(webhook: &str, result: &'static str) {
 }
 
 /// A reload of the configuration file: `ok` or `error` (SPEC §15).
+/// The configuration in force is `now` (and no longer `before`).
+pub fn config_info(before: Option<&str>, now: &str) {
+    if let Some(before) = before.filter(|b| *b != now) {
+        gauge!("c360_config_info", "hash" => before.to_owned()).set(0.0);
+    }
+    gauge!("c360_config_info", "hash" => now.to_owned()).set(1.0);
+}
+
 /// Trace spans dropped before reaching the collector.
 pub fn spans_dropped(n: u64) {
     counter!("c360_spans_dropped_total").increment(n);

@@ -24,6 +24,7 @@ mod props;
 mod rabbit;
 mod redis_server;
 mod redrive;
+mod reload;
 mod replicas;
 mod secure;
 mod secure_ledger;

@@ -1,0 +1,127 @@
+//! The bridge in force: the current `App` generation, and the configuration reload that swaps
+//! in the next one (read → validate → build → swap) while batches finish on the one they
+//! started with.
+
+use crate::app::App;
+use crate::config::{self, Config};
+use crate::telemetry::metrics as m;
+use c360_sinks::Sink;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// The generation new requests are served by.
+pub struct Live {
+    current: RwLock<Arc<App>>,
+}
+
+/// Settings a reload cannot apply: the listeners, the runtime, and what every generation
+/// shares (ledger, traces, HTTPS files). A change of one is logged and kept for the restart.
+const RESTART_ONLY: [&[&str]; 10] = [
+    &["server", "listen"],
+    &["server", "admin_listen"],
+    &["server", "worker_threads"],
+    &["server", "header_timeout"],
+    &["server", "idle_timeout"],
+    &["server", "max_connections"],
+    &["server", "max_in_flight_batches"],
+    &["server", "tls"],
+    &["ledger"],
+    &["telemetry"],
+];
+
+impl Live {
+    pub fn new(app: Arc<App>) -> Self {
+        m::config_info(None, &app.config.hash());
+        Self {
+            current: RwLock::new(app),
+        }
+    }
+
+    /// The generation in force; a batch keeps the one it got for its whole life.
+    pub fn current(&self) -> Arc<App> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Reads the configuration file again and swaps in the generation it describes. A file
+    /// that does not load, validate or build leaves the running generation in force.
+    pub fn reload(&self, why: &str) {
+        let old = self.current();
+        let Some(file) = old.config_file.clone() else {
+            return;
+        };
+        let next = config::load(Some(&file))
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                old.next(keep_restart_only(&old.config, c))
+                    .map_err(|e| e.to_string())
+            });
+        let next = match next {
+            Ok(n) => Arc::new(n),
+            Err(e) => {
+                m::config_reload("error");
+                tracing::error!(
+                    "configuration reload ({why}) failed, the running configuration stays: {e}"
+                );
+                return;
+            }
+        };
+        let (before, after) = (old.config.hash(), next.config.hash());
+        if let Ok(mut g) = self.current.write() {
+            *g = next.clone();
+        }
+        m::config_reload("ok");
+        m::config_info(Some(&before), &after);
+        let retired = retired_sinks(&old, &next);
+        tracing::info!(
+            from = %before, to = %after, closing = ?retired.iter().map(|s| s.name().to_owned()).collect::<Vec<_>>(),
+            "configuration reloaded ({why})"
+        );
+        if !retired.is_empty() {
+            tokio::spawn(drain_and_close(old, retired));
+        }
+    }
+}
+
+/// `next` with the restart-only settings of `running` (each change logged).
+fn keep_restart_only(running: &Config, mut next: Config) -> Config {
+    for path in RESTART_ONLY {
+        if running.section(path) != next.section(path) {
+            tracing::warn!(
+                key = %path.join("."),
+                "configuration reload: this setting changes only with a restart; the running value stays"
+            );
+        }
+    }
+    next.server.listen = running.server.listen.clone();
+    next.server.admin_listen = running.server.admin_listen.clone();
+    next.server.worker_threads = running.server.worker_threads;
+    next.server.max_in_flight_batches = running.server.max_in_flight_batches;
+    next
+}
+
+/// The sinks of `old` that `next` does not use any more (removed, or rebuilt because their
+/// section changed).
+fn retired_sinks(old: &App, next: &App) -> Vec<Arc<dyn Sink>> {
+    old.sinks
+        .iter()
+        .filter(|s| !next.sinks.iter().any(|n| Arc::ptr_eq(s, n)))
+        .cloned()
+        .collect()
+}
+
+/// Waits until no batch holds the old generation any more (at most its publish deadline),
+/// then closes the sinks it alone used.
+async fn drain_and_close(old: Arc<App>, retired: Vec<Arc<dyn Sink>>) {
+    let until = Instant::now() + old.publish_deadline;
+    while Arc::strong_count(&old) > 1 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(old);
+    for sink in retired {
+        sink.close(Duration::from_secs(5)).await;
+        tracing::info!(sink = %sink.name(), "sink closed after a configuration reload");
+    }
+}
