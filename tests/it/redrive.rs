@@ -46,6 +46,18 @@ async fn produce(topic: &str, body: &[u8], headers: &[(&str, &str)]) {
         .unwrap();
 }
 
+/// How many records partition 0 of `topic` holds (its high watermark): cheap to ask while a
+/// producer is still writing, unlike reading to the end.
+fn high_watermark(topic: &str) -> i64 {
+    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka())
+        .create()
+        .unwrap();
+    rdkafka::consumer::Consumer::fetch_watermarks(&consumer, topic, 0, Duration::from_secs(5))
+        .unwrap()
+        .1
+}
+
 fn redrive(path: &str, more: &[&str]) -> (i32, String, String) {
     let mut args = vec!["redrive", "--config", path];
     args.extend_from_slice(more);
@@ -208,5 +220,79 @@ async fn a_fixed_rabbitmq_route_redrives_from_the_dead_letter_queue_and_requeues
         dlq.drain().await.len(),
         1,
         "the unroutable letter stays in the queue"
+    );
+}
+
+/// A redrive that a replica runs with the shared Redis ledger, SIGKILLed after some letters
+/// were published (nothing committed yet) and run again: the ledger skips every event already
+/// confirmed, so each reaches the fixed topic once. (A kill between a confirm and its ledger
+/// write could still repeat that one event: at least once, like every other delivery.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redrive_killed_midway_and_run_again_through_the_redis_ledger_publishes_nothing_twice() {
+    let _shared = SHARED_BROKERS.read().await;
+    let prefix = unique("rk");
+    let (fixed, dead) = (format!("{prefix}.fixed"), format!("{prefix}.dead-letter"));
+    create_topics(&kafka(), &[fixed.clone(), dead.clone()], 1).await;
+    let ledger = format!(
+        "[ledger]\nbackend = \"redis\"\nurl = \"{}\"\nkey_prefix = \"{prefix}:\"\nttl = \"10m\"\ntimeout = \"500ms\"\n",
+        crate::redis_server::shared_url()
+    );
+    let bridge = Bridge::start(&format!("{}{ledger}", kafka_config(&prefix, "", &dead))).await;
+    let bad: Vec<String> = (0..30)
+        .map(|i| event("task/created", &format!("rk-{i}")))
+        .collect();
+    let r = post(&bridge.url("/hook"), &batch(&bad), Some(KEY)).await;
+    assert_eq!(r.status, 200, "{:?}", r.json);
+    bridge.shutdown().await;
+    assert_eq!(consume(&kafka(), &dead, 1).await.len(), 30);
+
+    let routes =
+        format!("[[routes]]\nmatch = \"task/created\"\nsinks = [\"kafka\"]\ntopic = \"{fixed}\"\n");
+    let fixed_config = format!("{}{ledger}", kafka_config(&prefix, &routes, &dead));
+    let (_d, path) = write_config(&fixed_config);
+    let mut first = std::process::Command::new(BIN)
+        .args([
+            "redrive",
+            "--config",
+            &path,
+            "--group",
+            &prefix,
+            "--max-rate",
+            "3",
+        ])
+        .spawn()
+        .expect("redrive runs");
+    let started = std::time::Instant::now();
+    let midway = loop {
+        let n = high_watermark(&fixed);
+        if n >= 3 {
+            break n;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the first redrive published {n} in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    first.kill().expect("SIGKILL");
+    let _ = first.wait();
+    let published = consume(&kafka(), &fixed, 1).await.len();
+    eprintln!("redrive killed after {midway}–{published} of 30 letters were published");
+    assert!(published < 30, "killed midway, not after the end");
+
+    let (code, out, err) = redrive(&path, &["--group", &prefix]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("redriven 30, truncated 0, still failing 0, left 0"),
+        "{out}{err}"
+    );
+    let got = consume(&kafka(), &fixed, 1).await;
+    let mut bodies: Vec<&[u8]> = got.iter().map(|r| r.payload.as_slice()).collect();
+    bodies.sort();
+    let mut sent: Vec<&[u8]> = bad.iter().map(|e| e.as_bytes()).collect();
+    sent.sort();
+    assert_eq!(
+        bodies, sent,
+        "each of the 30 events once in the fixed topic"
     );
 }

@@ -313,3 +313,23 @@ impl Progress {
         println!("{summary}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Pace;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn max_rate_spaces_the_letters() {
+        let mut pace = Pace::new(Some(4.0));
+        let started = tokio::time::Instant::now();
+        for _ in 0..5 {
+            pace.wait().await;
+        }
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(1),
+            "5 letters at 4/s"
+        );
+    }
+}
