@@ -43,7 +43,7 @@ BIN=target/$PROFILE/c360-bridge; LG=target/$PROFILE/c360-loadgen; DIRECT="$LG --
 KEY=bench-key; PORT="${BENCH_PORT:-18181}"
 PID=""; NATS_PID=""
 # No bridge (and no nats-server of the benchmark) outlives a failure.
-trap '[ -n "$PID" ] && kill "$PID" 2>/dev/null; [ -n "$NATS_PID" ] && kill "$NATS_PID" 2>/dev/null; true' EXIT
+trap '{ [ -n "$PID" ] && kill "$PID"; [ -n "$NATS_PID" ] && kill "$NATS_PID"; } 2>/dev/null || true' EXIT
 # Results of earlier invocations (other ROUNDS, older binaries) must not enter this table.
 rm -f "$OUT"/*.json "$OUT"/*-rss "$OUT"/*.cpu "$OUT"/ledger-redis-cpu-* "$OUT"/traces-*-dropped-*
 
