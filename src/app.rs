@@ -97,6 +97,8 @@ pub struct Kept {
 
 impl Kept {
     fn new(config: &Config) -> Result<Self, BuildError> {
+        // The recorder first: loading the serving certificate records its expiry.
+        crate::telemetry::metrics::install(config.server.ack_timeout);
         let tls = match &config.server.tls {
             Some(files) => Some(Arc::new(Tls::load(files)?)),
             None => None,

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod config;
 pub mod delivery;
+pub mod http;
 pub mod live;
 pub mod ops;
 pub mod server;
@@ -51,7 +52,7 @@ pub async fn serve(
     drop(app);
     let main = server::Listener {
         name: "webhook",
-        router: server::http::router(live.clone(), admin.is_none()),
+        router: http::router(live.clone(), admin.is_none()),
         limits,
         tls,
     };
@@ -60,7 +61,7 @@ pub async fn serve(
         Some(admin) => {
             let admin_listener = server::Listener {
                 name: "admin",
-                router: server::http::admin_router(live.clone()),
+                router: http::admin_router(live.clone()),
                 limits,
                 tls: None,
             };

@@ -52,14 +52,23 @@ impl Live {
         let Some(file) = old.config_file.clone() else {
             return;
         };
+        let before = old.config.hash();
         let next = config::load(Some(&file))
             .map_err(|e| e.to_string())
+            .map(|c| keep_restart_only(&old.config, c))
             .and_then(|c| {
-                old.next(keep_restart_only(&old.config, c))
-                    .map_err(|e| e.to_string())
+                if c.hash() == before {
+                    return Ok(None);
+                }
+                old.next(c).map(Some).map_err(|e| e.to_string())
             });
         let next = match next {
-            Ok(n) => Arc::new(n),
+            Ok(Some(n)) => Arc::new(n),
+            Ok(None) => {
+                m::config_reload("ok");
+                tracing::info!(hash = %before, "configuration reload ({why}): unchanged, nothing swapped");
+                return;
+            }
             Err(e) => {
                 m::config_reload("error");
                 tracing::error!(
@@ -68,7 +77,7 @@ impl Live {
                 return;
             }
         };
-        let (before, after) = (old.config.hash(), next.config.hash());
+        let after = next.config.hash();
         if let Ok(mut g) = self.current.write() {
             *g = next.clone();
         }
@@ -99,6 +108,14 @@ fn keep_restart_only(running: &Config, mut next: Config) -> Config {
     next.server.admin_listen = running.server.admin_listen.clone();
     next.server.worker_threads = running.server.worker_threads;
     next.server.max_in_flight_batches = running.server.max_in_flight_batches;
+    next.server.header_timeout = running.server.header_timeout;
+    next.server.idle_timeout = running.server.idle_timeout;
+    next.server.max_connections = running.server.max_connections;
+    // The rest (`server.tls`, `[ledger]`, `[telemetry]`) is what every generation shares; the
+    // hash covers the running values, so `config_hash` names what is in force.
+    for path in RESTART_ONLY {
+        next.copy_section(running, path);
+    }
     next
 }
 

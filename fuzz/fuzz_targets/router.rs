@@ -4,7 +4,7 @@
 #![no_main]
 
 use bytes::Bytes;
-use c360_bridge::server::http::router;
+use c360_bridge::http::router;
 use c360_bridge::webhook::signature::sign;
 use c360_bridge::{App, config};
 use c360_sinks::memory::MemorySink;

@@ -64,6 +64,33 @@ impl Config {
             v.get(k).unwrap_or(&serde_json::Value::Null)
         })
     }
+
+    /// Makes `path` of the effective configuration (what `hash` covers) what it is in `from`:
+    /// the same value, or absent when `from` has none.
+    pub fn copy_section(&mut self, from: &Config, path: &[&str]) {
+        let Some((last, parents)) = path.split_last() else {
+            return;
+        };
+        let found = path
+            .iter()
+            .try_fold(&from.effective, |v, k| v.get(k))
+            .cloned();
+        let mut at = &mut self.effective;
+        for k in parents {
+            at = match at {
+                serde_json::Value::Object(map) => map
+                    .entry(*k)
+                    .or_insert_with(|| serde_json::Value::Object(Default::default())),
+                _ => return,
+            };
+        }
+        if let serde_json::Value::Object(map) = at {
+            match found {
+                Some(v) => map.insert((*last).to_owned(), v),
+                None => map.remove(*last),
+            };
+        }
+    }
 }
 
 /// `[telemetry]`: the OTLP collector traces are exported to.

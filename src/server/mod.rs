@@ -10,7 +10,6 @@
 //! speaks): hyper-util's auto builder waits for an HTTP/2 preface without any timer.
 
 pub mod client_addr;
-pub mod http;
 pub mod tls;
 
 use crate::telemetry::metrics as m;

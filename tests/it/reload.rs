@@ -59,7 +59,8 @@ async fn post_one(served: &Served, id: &str) -> (u16, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sighup_changes_the_topic_within_5s_and_a_broken_file_keeps_the_running_config() {
+async fn sighup_changes_the_topic_within_5s_a_broken_file_keeps_the_running_config_and_a_runtime_change_waits()
+ {
     let _shared = SHARED_BROKERS.read().await;
     let (a, b) = (unique("reload-a"), unique("reload-b"));
     create_topics(&kafka(), &[a.clone(), b.clone()], 1).await;
@@ -98,6 +99,18 @@ async fn sighup_changes_the_topic_within_5s_and_a_broken_file_keeps_the_running_
     assert_eq!(config_hash(&served).await, second);
     assert_eq!(post_one(&served, "still-b").await.0, 200);
     assert_eq!(consume(&kafka(), &b, 1).await.len(), 2);
+    // A listener or runtime change: a WARN naming the key, and nothing else changes.
+    std::fs::write(&path, config(&b, "worker_threads = 3\n", &[], "")).unwrap();
+    served.signal("HUP");
+    let warn = served.log_line("changes only with a restart").await;
+    assert!(
+        warn.contains("WARN") && warn.contains("server.worker_threads"),
+        "{warn}"
+    );
+    served
+        .log_line("configuration reload (SIGHUP): unchanged")
+        .await;
+    assert_eq!(config_hash(&served).await, second);
     let metrics = served.metrics().await;
     assert_eq!(
         metric(&metrics, "c360_config_reloads_total{result=\"error\"}"),
@@ -105,7 +118,7 @@ async fn sighup_changes_the_topic_within_5s_and_a_broken_file_keeps_the_running_
     );
     assert_eq!(
         metric(&metrics, "c360_config_reloads_total{result=\"ok\"}"),
-        1.0
+        2.0
     );
     assert_eq!(
         metric(&metrics, &format!("c360_config_info{{hash=\"{second}\"}}")),
