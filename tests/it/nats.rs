@@ -577,3 +577,51 @@ async fn check_connect_reaches_nats_and_says_why_not() {
     );
     assert!(all.contains("gone: cannot connect"), "{all}");
 }
+
+/// With traces on, a NATS message carries the `traceparent` of its PRODUCER span: the caller's
+/// trace id, a span id of its own, sampled. (The collector here is down: spans are dropped,
+/// the messages still carry their context.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_traced_batch_puts_its_trace_context_on_every_nats_message() {
+    let _shared = SHARED_BROKERS.read().await;
+    let prefix = unique("nats-traced");
+    let stream = stream_for(&nats_url(), &prefix).await;
+    let telemetry = format!(
+        "[telemetry]\notlp_endpoint = \"http://127.0.0.1:{}\"\nprotocol = \"http/protobuf\"\n",
+        free_port()
+    );
+    let bridge = Bridge::start(&format!(
+        "{telemetry}{}",
+        config(&nats_url(), "", &route_to(&["nats"], &prefix))
+    ))
+    .await;
+    let (trace_id, parent) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let body = batch(&ten_events()[..3]);
+    let r = reqwest::Client::new()
+        .post(bridge.url("/hook"))
+        .header("traceparent", format!("00-{trace_id}-{parent}-01"))
+        .header(
+            "X-C360-Signature",
+            c360_bridge::webhook::signature::sign(KEY.as_bytes(), &body),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let got = read_stream(&nats_url(), &stream).await;
+    assert_eq!(got.len(), 3);
+    let mut spans = std::collections::BTreeSet::new();
+    for m in &got {
+        let tp = m.headers.get("traceparent").expect("a traceparent header");
+        let parts: Vec<&str> = tp.split('-').collect();
+        assert_eq!(
+            (parts[0], parts[1], parts[3]),
+            ("00", trace_id, "01"),
+            "{tp}"
+        );
+        assert_ne!(parts[2], parent, "the message's own PRODUCER span");
+        spans.insert(parts[2].to_owned());
+    }
+    assert_eq!(spans.len(), 3, "one PRODUCER span per message");
+}
