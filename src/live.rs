@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 /// The generation new requests are served by.
 pub struct Live {
     current: RwLock<Arc<App>>,
+    /// One reload at a time, in the order they were asked for.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 /// Settings a reload cannot apply: the listeners, the runtime, and what every generation
@@ -34,6 +36,7 @@ impl Live {
         m::config_info(None, &app.config.hash());
         Self {
             current: RwLock::new(app),
+            reloading: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -45,9 +48,17 @@ impl Live {
         }
     }
 
-    /// Reads the configuration file again and swaps in the generation it describes. A file
-    /// that does not load, validate or build leaves the running generation in force.
-    pub fn reload(&self, why: &str) {
+    /// Reloads in the background (see `reload_now`); for the file watcher, which must not wait.
+    pub fn reload(self: &Arc<Self>, why: &'static str) {
+        let live = self.clone();
+        tokio::spawn(async move { live.reload_now(why).await });
+    }
+
+    /// Reads the configuration file again and swaps in the generation it describes, once the
+    /// sinks it had to connect anew are ready (or its ack deadline has passed). A file that does
+    /// not load, validate or build leaves the running generation in force.
+    pub async fn reload_now(&self, why: &str) {
+        let _one_at_a_time = self.reloading.lock().await;
         let old = self.current();
         let Some(file) = old.config_file.clone() else {
             return;
@@ -78,6 +89,7 @@ impl Live {
             }
         };
         let after = next.config.hash();
+        warm_up(&old, &next).await;
         if let Ok(mut g) = self.current.write() {
             *g = next.clone();
         }
@@ -127,6 +139,38 @@ fn retired_sinks(old: &App, next: &App) -> Vec<Arc<dyn Sink>> {
         .filter(|s| !next.sinks.iter().any(|n| Arc::ptr_eq(s, n)))
         .cloned()
         .collect()
+}
+
+/// Waits until every sink `next` connected anew is ready, at most `server.ack_timeout`, so that
+/// a changed sink section costs no batch a 503; one still not ready is named in a WARN (the
+/// reload goes on, as a restart with that configuration would).
+async fn warm_up(old: &App, next: &App) {
+    let fresh: Vec<&Arc<dyn Sink>> = next
+        .sinks
+        .iter()
+        .filter(|n| !old.sinks.iter().any(|s| Arc::ptr_eq(s, n)))
+        .collect();
+    let until = Instant::now() + next.config.server.ack_timeout;
+    loop {
+        let waiting: Vec<String> = fresh
+            .iter()
+            .filter_map(|s| {
+                let r = s.readiness();
+                (!r.ready).then(|| format!("{}: {}", s.name(), r.detail))
+            })
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        if Instant::now() >= until {
+            tracing::warn!(
+                "configuration reload: swapping in sinks that are not ready yet: {}",
+                waiting.join("; ")
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Waits until no batch holds the old generation any more (at most its publish deadline),

@@ -47,6 +47,15 @@ async fn new_hash(served: &Served, old: &str, within: Duration) -> Duration {
     started.elapsed()
 }
 
+/// How many Kafka sinks the bridge has connected so far (each logs its first reachability).
+fn kafka_starts(served: &Served) -> usize {
+    served
+        .log()
+        .lines()
+        .filter(|l| l.contains("Kafka cluster reachability changed"))
+        .count()
+}
+
 async fn post_one(served: &Served, id: &str) -> (u16, String) {
     let e = event("task_created", id);
     let r = post(
@@ -128,14 +137,15 @@ async fn sighup_changes_the_topic_within_5s_a_broken_file_keeps_the_running_conf
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_watched_file_reloads_and_four_senders_see_no_non_200_while_a_sink_goes_away() {
+async fn a_watched_file_reloads_and_four_senders_see_no_non_200_while_sinks_go_and_change() {
     let _shared = SHARED_BROKERS.read().await;
     let (a, a2) = (unique("watch-a"), unique("watch-a2"));
     create_topics(&kafka(), &[a.clone(), a2.clone()], 1).await;
     let exchange = unique("watch-x");
     let queue = Queue::bind(&exchange, &["#"], lapin::types::FieldTable::default()).await;
     let watch = "watch_config = true\n";
-    // Kafka and RabbitMQ both take every event; then RabbitMQ goes, then the topic moves.
+    // Kafka and RabbitMQ both take every event; then RabbitMQ goes, then the topic moves, then
+    // the Kafka sink's own section changes (a new producer, warmed up before the swap).
     let fanout = config(
         &a,
         watch,
@@ -174,6 +184,16 @@ async fn a_watched_file_reloads_and_four_senders_see_no_non_200_while_a_sink_goe
     let took = new_hash(&served, &h1, Duration::from_secs(5)).await;
     eprintln!("file change to the new config_hash (topic moved): {took:?}");
     tokio::time::sleep(Duration::from_millis(800)).await;
+    // The Kafka section never changed so far: its one connection served all three generations.
+    assert_eq!(kafka_starts(&served), 1, "{}", served.log());
+    // Reload 3: the Kafka sink's section changes.
+    let h2 = config_hash(&served).await;
+    let linger = "\"linger.ms\" = \"1\"\n";
+    std::fs::write(&path, config(&a2, watch, &[], linger)).unwrap();
+    let took = new_hash(&served, &h2, Duration::from_secs(5)).await;
+    eprintln!("file change to the new config_hash (Kafka sink changed): {took:?}");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(kafka_starts(&served), 2, "{}", served.log());
     stop.store(true, Ordering::Relaxed);
     let mut answers = Vec::new();
     for s in senders {
@@ -186,7 +206,7 @@ async fn a_watched_file_reloads_and_four_senders_see_no_non_200_while_a_sink_goe
         .collect();
     let longest = answers.iter().map(|(_, _, d)| *d).max().unwrap_or_default();
     eprintln!(
-        "reload under load: {} batches, {} non-200, longest answer {longest:?}",
+        "reload under load (three reloads): {} batches, {} non-200, longest answer {longest:?}",
         answers.len(),
         non_200.len()
     );
