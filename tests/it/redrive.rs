@@ -58,6 +58,28 @@ fn high_watermark(topic: &str) -> i64 {
         .1
 }
 
+/// Publishes one letter straight to `exchange` with the dead-letter routing key and `headers`.
+async fn publish_letter(exchange: &str, body: &[u8], headers: &[(&str, &str)]) {
+    use lapin::types::AMQPValue;
+    let (_conn, channel) = amqp_channel().await;
+    let mut table = FieldTable::default();
+    for (k, v) in headers {
+        table.insert((*k).into(), AMQPValue::LongString((*v).into()));
+    }
+    channel
+        .basic_publish(
+            exchange.into(),
+            "dead-letter".into(),
+            lapin::options::BasicPublishOptions::default(),
+            body,
+            lapin::BasicProperties::default().with_headers(table),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+}
+
 fn redrive(path: &str, more: &[&str]) -> (i32, String, String) {
     let mut args = vec!["redrive", "--config", path];
     args.extend_from_slice(more);
@@ -189,13 +211,42 @@ async fn a_fixed_rabbitmq_route_redrives_from_the_dead_letter_queue_and_requeues
     let routes = format!(
         "[[routes]]\nmatch = \"{long}\"\nsinks = [\"rabbit\"]\ntopic = \"fixed.long\"\n[[routes]]\nmatch = \"{unbound}\"\nsinks = [\"rabbit\"]\ntopic = \"nobody.listens\"\n"
     );
+    // A truncated copy of the first letter, as the dead letter writes one for a large event.
+    publish_letter(
+        &exchange,
+        &bad[0].as_bytes()[..10],
+        &[
+            ("c360-truncated", "true"),
+            ("c360-event-id", "0123456789abcdef0123456789abcdef"),
+            ("c360-webhook", "wh"),
+        ],
+    )
+    .await;
     let (_d, path) = write_config(&base(&routes));
     let queue = ["--queue", dlq.name.as_str()];
+
+    // --dry-run says where each letter would go, and leaves every letter in the queue.
+    let (code, out, err) = redrive(&path, &[&queue[..], &["--dry-run"]].concat());
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.matches("to rabbit: fixed.long").count(), 2, "{out}");
+    assert!(
+        out.contains("redriven 0, truncated 1, still failing 0, left 3"),
+        "{out}{err}"
+    );
+    assert!(
+        fixed.drain().await.is_empty(),
+        "a dry run publishes nothing"
+    );
+
     let (code, out, err) = redrive(&path, &queue);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains("redriven 2, truncated 0, still failing 1, left 0"),
+        out.contains("redriven 2, truncated 1, still failing 1, left 0"),
         "{out}{err}"
+    );
+    assert!(
+        err.contains("still failing: ") && err.contains("truncated, not redriven: "),
+        "{err}"
     );
     let got = fixed.drain().await;
     let mut bodies: Vec<Vec<u8>> = got.iter().map(|m| m.body.clone()).collect();
@@ -212,14 +263,14 @@ async fn a_fixed_rabbitmq_route_redrives_from_the_dead_letter_queue_and_requeues
     let (code, out, err) = redrive(&path, &queue);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains("redriven 0, truncated 0, still failing 1, left 0"),
+        out.contains("redriven 0, truncated 1, still failing 1, left 0"),
         "{out}{err}"
     );
     assert!(fixed.drain().await.is_empty(), "nothing published twice");
     assert_eq!(
         dlq.drain().await.len(),
-        1,
-        "the unroutable letter stays in the queue"
+        2,
+        "the unroutable and the truncated letter stay in the queue"
     );
 }
 
