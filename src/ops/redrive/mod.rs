@@ -316,8 +316,41 @@ impl Progress {
 
 #[cfg(test)]
 mod tests {
-    use super::Pace;
-    use std::time::Duration;
+    use super::{Letter, Options, Pace, within};
+    use std::time::{Duration, SystemTime};
+
+    fn letter(time: Option<SystemTime>, ce_time: Option<&str>) -> Letter {
+        Letter {
+            body: bytes::Bytes::new(),
+            headers: ce_time
+                .map(|t| ("ce-time".to_owned(), t.to_owned()))
+                .into_iter()
+                .collect(),
+            time,
+        }
+    }
+
+    #[test]
+    fn since_and_until_take_the_broker_time_then_ce_time_and_let_an_undated_letter_through() {
+        let at = |s: &str| humantime::parse_rfc3339(s).ok();
+        let opts = Options {
+            since: at("2026-12-04T10:00:00Z"),
+            until: at("2026-12-04T11:00:00Z"),
+            ..Options::default()
+        };
+        assert!(within(&letter(at("2026-12-04T10:00:00Z"), None), &opts));
+        assert!(!within(&letter(at("2026-12-04T09:59:59Z"), None), &opts));
+        assert!(
+            !within(&letter(at("2026-12-04T11:00:00Z"), None), &opts),
+            "until is exclusive"
+        );
+        assert!(within(
+            &letter(None, Some("2026-12-04T10:30:00.123Z")),
+            &opts
+        ));
+        assert!(!within(&letter(None, Some("2026-12-04T12:00:00Z")), &opts));
+        assert!(within(&letter(None, None), &opts));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn max_rate_spaces_the_letters() {
