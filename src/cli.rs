@@ -47,27 +47,8 @@ enum Command {
     Redrive {
         #[arg(long, env = "C360_BRIDGE_CONFIG")]
         config: PathBuf,
-        /// RabbitMQ dead letter: the queue bound to the dead-letter routing key.
-        #[arg(long)]
-        queue: Option<String>,
-        /// Kafka dead letter: the consumer group that records what was redriven.
-        #[arg(long, default_value = "c360-bridge-redrive")]
-        group: String,
-        /// Only letters from this time on: RFC 3339, or a duration ago ("2h").
-        #[arg(long)]
-        since: Option<String>,
-        /// Only letters before this time: RFC 3339, or a duration ago.
-        #[arg(long)]
-        until: Option<String>,
-        /// Letters per second at most.
-        #[arg(long)]
-        max_rate: Option<f64>,
-        /// Letters taken at most.
-        #[arg(long)]
-        limit: Option<u64>,
-        /// Print where each letter would go; publish, commit and ack nothing.
-        #[arg(long)]
-        dry_run: bool,
+        #[command(flatten)]
+        opts: redrive::Options,
     },
     /// Print an AsyncAPI 3.0 document of the topics and queues a configuration publishes to.
     Asyncapi {
@@ -108,29 +89,7 @@ pub fn main() -> ExitCode {
         Command::Serve { config } => serve(&config, cli.log_format),
         Command::Check { config, connect } => check(&config, connect),
         Command::Asyncapi { config, format } => print_asyncapi(&config, format),
-        Command::Redrive {
-            config,
-            queue,
-            group,
-            since,
-            until,
-            max_rate,
-            limit,
-            dry_run,
-        } => moment(since.as_deref())
-            .and_then(|since| Ok((since, moment(until.as_deref())?)))
-            .and_then(|(since, until)| {
-                let opts = redrive::Options {
-                    queue,
-                    group,
-                    since,
-                    until,
-                    max_rate,
-                    limit,
-                    dry_run,
-                };
-                redrive(&config, &opts, cli.log_format)
-            }),
+        Command::Redrive { config, opts } => redrive(&config, &opts, cli.log_format),
         Command::Sign { key, file } => {
             read_input(file.as_deref()).map(|b| println!("{}", signature::sign(key.as_bytes(), &b)))
         }
@@ -195,19 +154,6 @@ fn redrive(file: &Path, opts: &redrive::Options, log_format: Option<LogFormat>) 
     let rt = c360_bridge::runtime(config.server.worker_threads)?;
     rt.block_on(redrive::run(config, opts))?;
     Ok(())
-}
-
-/// A time given as RFC 3339, or as a duration before now ("2h", "30m").
-fn moment(text: Option<&str>) -> Result<Option<std::time::SystemTime>> {
-    let Some(text) = text else {
-        return Ok(None);
-    };
-    if let Ok(t) = humantime::parse_rfc3339_weak(text) {
-        return Ok(Some(t));
-    }
-    let ago = humantime::parse_duration(text)
-        .with_context(|| format!("{text:?} is neither an RFC 3339 time nor a duration"))?;
-    Ok(std::time::SystemTime::now().checked_sub(ago))
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -95,7 +95,7 @@ impl Live {
         }
         m::config_reload("ok");
         m::config_info(Some(&before), &after);
-        let retired = retired_sinks(&old, &next);
+        let retired = missing_from(&old, &next);
         tracing::info!(
             from = %before, to = %after, closing = ?retired.iter().map(|s| s.name().to_owned()).collect::<Vec<_>>(),
             "configuration reloaded ({why})"
@@ -106,7 +106,9 @@ impl Live {
     }
 }
 
-/// `next` with the restart-only settings of `running` (each change logged).
+/// `next` with the restart-only settings of `running` (each change logged). What they govern
+/// is made once and shared by every generation (`Kept`); here they are put back in the
+/// effective configuration, so that `config_hash` names what is in force.
 fn keep_restart_only(running: &Config, mut next: Config) -> Config {
     for path in RESTART_ONLY {
         if running.section(path) != next.section(path) {
@@ -115,61 +117,27 @@ fn keep_restart_only(running: &Config, mut next: Config) -> Config {
                 "configuration reload: this setting changes only with a restart; the running value stays"
             );
         }
-    }
-    next.server.listen = running.server.listen.clone();
-    next.server.admin_listen = running.server.admin_listen.clone();
-    next.server.worker_threads = running.server.worker_threads;
-    next.server.max_in_flight_batches = running.server.max_in_flight_batches;
-    next.server.header_timeout = running.server.header_timeout;
-    next.server.idle_timeout = running.server.idle_timeout;
-    next.server.max_connections = running.server.max_connections;
-    // The rest (`server.tls`, `[ledger]`, `[telemetry]`) is what every generation shares; the
-    // hash covers the running values, so `config_hash` names what is in force.
-    for path in RESTART_ONLY {
         next.copy_section(running, path);
     }
     next
 }
 
-/// The sinks of `old` that `next` does not use any more (removed, or rebuilt because their
-/// section changed).
-fn retired_sinks(old: &App, next: &App) -> Vec<Arc<dyn Sink>> {
-    old.sinks
+/// The sinks of `a` that `b` does not hold (the same connection, not the same name).
+fn missing_from(a: &App, b: &App) -> Vec<Arc<dyn Sink>> {
+    a.sinks
         .iter()
-        .filter(|s| !next.sinks.iter().any(|n| Arc::ptr_eq(s, n)))
+        .filter(|s| !b.sinks.iter().any(|n| Arc::ptr_eq(s, n)))
         .cloned()
         .collect()
 }
 
-/// Waits until every sink `next` connected anew is ready, at most `server.ack_timeout`, so that
-/// a changed sink section costs no batch a 503; one still not ready is named in a WARN (the
-/// reload goes on, as a restart with that configuration would).
+/// Gives the sinks `next` connected anew until they are ready, at most `server.ack_timeout`,
+/// so that a changed sink section costs no batch a 503; one still not ready is named in a WARN
+/// (the reload goes on, as a restart with that configuration would).
 async fn warm_up(old: &App, next: &App) {
-    let fresh: Vec<&Arc<dyn Sink>> = next
-        .sinks
-        .iter()
-        .filter(|n| !old.sinks.iter().any(|s| Arc::ptr_eq(s, n)))
-        .collect();
-    let until = Instant::now() + next.config.server.ack_timeout;
-    loop {
-        let waiting: Vec<String> = fresh
-            .iter()
-            .filter_map(|s| {
-                let r = s.readiness();
-                (!r.ready).then(|| format!("{}: {}", s.name(), r.detail))
-            })
-            .collect();
-        if waiting.is_empty() {
-            return;
-        }
-        if Instant::now() >= until {
-            tracing::warn!(
-                "configuration reload: swapping in sinks that are not ready yet: {}",
-                waiting.join("; ")
-            );
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let fresh = missing_from(next, old);
+    if let Err(waiting) = c360_sinks::wait_ready(&fresh, next.config.server.ack_timeout).await {
+        tracing::warn!("configuration reload: swapping in sinks that are not ready yet: {waiting}");
     }
 }
 

@@ -49,6 +49,31 @@ impl Readiness {
     }
 }
 
+/// Waits until every sink of `sinks` is ready, at most `within`; past it, `Err` names each one
+/// that is not, with its readiness detail (`"kafka: …; rabbit: …"`).
+pub async fn wait_ready(
+    sinks: &[std::sync::Arc<dyn Sink>],
+    within: std::time::Duration,
+) -> Result<(), String> {
+    let until = tokio::time::Instant::now() + within;
+    loop {
+        let waiting: Vec<String> = sinks
+            .iter()
+            .filter_map(|s| {
+                let r = s.readiness();
+                (!r.ready).then(|| format!("{}: {}", s.name(), r.detail))
+            })
+            .collect();
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= until {
+            return Err(waiting.join("; "));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// What a PRODUCER span says of a sink (OpenTelemetry's messaging conventions).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Messaging {

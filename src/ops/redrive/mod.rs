@@ -16,23 +16,44 @@ use crate::config::{Config, SinkConfig};
 use crate::delivery::publish;
 use letter::{Letter, Unfit};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-/// What to redrive and how.
-#[derive(Debug, Clone, Default)]
+/// What to redrive and how: the `redrive` command's options.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct Options {
-    /// RabbitMQ: the queue bound to the dead-letter routing key.
+    /// RabbitMQ dead letter: the queue bound to the dead-letter routing key.
+    #[arg(long)]
     pub queue: Option<String>,
-    /// Kafka: the consumer group whose offsets record what was redriven.
+    /// Kafka dead letter: the consumer group that records what was redriven.
+    #[arg(long, default_value = "c360-bridge-redrive")]
     pub group: String,
+    /// Only letters from this time on: RFC 3339, or a duration ago ("2h").
+    #[arg(long, value_parser = moment)]
     pub since: Option<SystemTime>,
+    /// Only letters before this time: RFC 3339, or a duration ago.
+    #[arg(long, value_parser = moment)]
     pub until: Option<SystemTime>,
-    /// Events per second at most.
+    /// Letters per second at most.
+    #[arg(long)]
     pub max_rate: Option<f64>,
     /// Letters taken at most.
+    #[arg(long)]
     pub limit: Option<u64>,
     /// Print where each letter would go; publish, commit and ack nothing.
+    #[arg(long)]
     pub dry_run: bool,
+}
+
+/// A time given as RFC 3339, or as a duration before now ("2h", "30m").
+fn moment(text: &str) -> Result<SystemTime, String> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(text) {
+        return Ok(t);
+    }
+    let ago = humantime::parse_duration(text)
+        .map_err(|_| format!("{text:?} is neither an RFC 3339 time nor a duration"))?;
+    Ok(SystemTime::now()
+        .checked_sub(ago)
+        .unwrap_or(SystemTime::UNIX_EPOCH))
 }
 
 /// What a redrive did.
@@ -92,7 +113,10 @@ pub async fn run(mut config: Config, opts: &Options) -> Result<Summary, RedriveE
         .ok_or(RedriveError::NoDeadLetter)?;
     let sink = config.sinks.get(&dl.sink).cloned();
     let app = Arc::new(App::build(config, None)?);
-    wait_ready(&app, Duration::from_secs(20)).await?;
+    let within = Duration::from_secs(20);
+    c360_sinks::wait_ready(&app.sinks, within)
+        .await
+        .map_err(|waiting| RedriveError::NotReady(within, waiting))?;
     let mut progress = Progress::new();
     let summary = match sink {
         Some(SinkConfig::Kafka(k)) => {
@@ -100,12 +124,12 @@ pub async fn run(mut config: Config, opts: &Options) -> Result<Summary, RedriveE
                 return Err(RedriveError::Template(dl.topic));
             }
             let source = kafka::KafkaSource::open(&k, &dl.topic, &opts.group)?;
-            from_kafka(&app, source, opts, &mut progress).await?
+            drain(&app, source, opts, &mut progress).await?
         }
         Some(SinkConfig::Rabbitmq(r)) => {
             let queue = opts.queue.as_deref().ok_or(RedriveError::NoQueue)?;
             let source = rabbit::RabbitSource::open(&r.url, queue).await?;
-            from_rabbit(&app, source, opts, &mut progress).await?
+            drain(&app, source, opts, &mut progress).await?
         }
         _ => return Err(RedriveError::UnknownSource),
     };
@@ -114,35 +138,61 @@ pub async fn run(mut config: Config, opts: &Options) -> Result<Summary, RedriveE
     Ok(summary)
 }
 
-async fn from_kafka(
-    app: &Arc<App>,
-    mut source: kafka::KafkaSource,
-    opts: &Options,
-    progress: &mut Progress,
-) -> Result<Summary, RedriveError> {
-    let mut summary = Summary::default();
-    let mut pace = Pace::new(opts.max_rate);
-    while opts.limit.is_none_or(|l| progress.taken < l) {
-        let Some((letter, pos)) = tokio::task::block_in_place(|| source.next_letter())? else {
-            break;
-        };
-        pace.wait().await;
-        if !matches!(
-            settle(app, &letter, opts, &mut summary, progress).await,
-            Fate::Redriven
-        ) {
-            source.keep(pos);
-        }
-    }
-    if !opts.dry_run {
-        tokio::task::block_in_place(|| source.commit())?;
-    }
-    Ok(summary)
+/// A dead-letter destination read back: letters one at a time, each then settled.
+trait Source {
+    type Position;
+    async fn next_letter(&mut self) -> Result<Option<(Letter, Self::Position)>, RedriveError>;
+    /// `redriven`: published again, so it may leave the dead letter; otherwise it stays.
+    async fn settle(&mut self, pos: Self::Position, redriven: bool) -> Result<(), RedriveError>;
+    /// Makes the settlements stick (Kafka: one commit, none on a dry run; RabbitMQ: requeue
+    /// what stays).
+    async fn finish(&mut self, dry_run: bool) -> Result<(), RedriveError>;
 }
 
-async fn from_rabbit(
+impl Source for kafka::KafkaSource {
+    type Position = kafka::Position;
+    async fn next_letter(&mut self) -> Result<Option<(Letter, Self::Position)>, RedriveError> {
+        Ok(tokio::task::block_in_place(|| {
+            kafka::KafkaSource::next_letter(self)
+        })?)
+    }
+    async fn settle(&mut self, pos: Self::Position, redriven: bool) -> Result<(), RedriveError> {
+        if !redriven {
+            self.keep(pos);
+        }
+        Ok(())
+    }
+    async fn finish(&mut self, dry_run: bool) -> Result<(), RedriveError> {
+        if !dry_run {
+            tokio::task::block_in_place(|| self.commit())?;
+        }
+        Ok(())
+    }
+}
+
+impl Source for rabbit::RabbitSource {
+    type Position = rabbit::Position;
+    async fn next_letter(&mut self) -> Result<Option<(Letter, Self::Position)>, RedriveError> {
+        Ok(rabbit::RabbitSource::next_letter(self).await?)
+    }
+    async fn settle(&mut self, pos: Self::Position, redriven: bool) -> Result<(), RedriveError> {
+        if redriven {
+            self.done(pos).await?;
+        } else {
+            self.keep(pos);
+        }
+        Ok(())
+    }
+    async fn finish(&mut self, _dry_run: bool) -> Result<(), RedriveError> {
+        Ok(rabbit::RabbitSource::finish(self).await?)
+    }
+}
+
+/// Takes the letters of `source` (at most `--limit`, at most `--max-rate` a second) and
+/// settles each by its fate.
+async fn drain(
     app: &Arc<App>,
-    mut source: rabbit::RabbitSource,
+    mut source: impl Source,
     opts: &Options,
     progress: &mut Progress,
 ) -> Result<Summary, RedriveError> {
@@ -153,17 +203,15 @@ async fn from_rabbit(
             break;
         };
         pace.wait().await;
-        match settle(app, &letter, opts, &mut summary, progress).await {
-            Fate::Redriven => source.done(pos).await?,
-            _ => source.keep(pos),
-        }
+        let fate = carry_out(app, &letter, opts, &mut summary, progress).await;
+        source.settle(pos, matches!(fate, Fate::Redriven)).await?;
     }
-    source.finish().await?;
+    source.finish(opts.dry_run).await?;
     Ok(summary)
 }
 
 /// Decides and carries out one letter's fate, counting it.
-async fn settle(
+async fn carry_out(
     app: &Arc<App>,
     letter: &Letter,
     opts: &Options,
@@ -231,26 +279,6 @@ fn within(letter: &Letter, opts: &Options) -> bool {
         return true;
     };
     opts.since.is_none_or(|s| t >= s) && opts.until.is_none_or(|u| t < u)
-}
-
-/// Waits until every sink is ready, or says which is not.
-async fn wait_ready(app: &App, within: Duration) -> Result<(), RedriveError> {
-    let until = Instant::now() + within;
-    loop {
-        let not_ready: Vec<String> = app
-            .readiness()
-            .into_iter()
-            .filter(|(_, r)| !r.ready)
-            .map(|(name, r)| format!("{name}: {}", r.detail))
-            .collect();
-        if not_ready.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() >= until {
-            return Err(RedriveError::NotReady(within, not_ready.join("; ")));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// At most `max_rate` letters a second.
