@@ -18,7 +18,7 @@ pub struct Live {
 
 /// Settings a reload cannot apply: the listeners, the runtime, and what every generation
 /// shares (ledger, traces, HTTPS files). A change of one is logged and kept for the restart.
-const RESTART_ONLY: [&[&str]; 10] = [
+const RESTART_ONLY: [&[&str]; 11] = [
     &["server", "listen"],
     &["server", "admin_listen"],
     &["server", "worker_threads"],
@@ -26,6 +26,7 @@ const RESTART_ONLY: [&[&str]; 10] = [
     &["server", "idle_timeout"],
     &["server", "max_connections"],
     &["server", "max_in_flight_batches"],
+    &["server", "keys_poll_interval"],
     &["server", "tls"],
     &["ledger"],
     &["telemetry"],
